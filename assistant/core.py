@@ -1,0 +1,69 @@
+"""The assistant as the channels see it: one call per user turn, state in the session store."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from assistant.dialogue.engine import DialogueEngine
+from assistant.dialogue.state import ConversationState
+from assistant.nlu.pipeline import NLU
+from assistant.ports import Clock, SessionStore
+from assistant.types import Button, ParseResult, Reply, UserMessage
+
+log = logging.getLogger(__name__)
+
+
+class Assistant:
+    def __init__(self, nlu: NLU, engine: DialogueEngine, sessions: SessionStore, clock: Clock,
+                 session_ttl_seconds: int) -> None:
+        self.nlu = nlu
+        self.engine = engine
+        self.sessions = sessions
+        self.clock = clock
+        self.session_ttl_seconds = session_ttl_seconds
+
+    @staticmethod
+    def session_key(channel: str, sender_id: str) -> str:
+        return f"{channel}:{sender_id}"
+
+    def parse(self, text: str) -> ParseResult:
+        return self.nlu.parse(text, self.clock())
+
+    def handle(self, message: UserMessage) -> list[Reply]:
+        try:
+            return self._handle(message)
+        except TimeoutError:
+            # Another turn of this conversation is still running (a double tap, a retried
+            # webhook); answering kindly beats queueing the resident behind it.
+            rendered = self.engine.domain.render("utter_busy")
+            return [Reply(rendered.text, speech=rendered.speech)]
+
+    def _handle(self, message: UserMessage) -> list[Reply]:
+        key = self.session_key(message.channel, message.sender_id)
+        with self.sessions.lock(key):
+            raw = self.sessions.load(key)
+            state = (
+                ConversationState.from_dict(raw)
+                if raw
+                else ConversationState(sender_id=message.sender_id, channel=message.channel, phone=message.phone)
+            )
+            if message.message_id and message.message_id == state.last_message_id:
+                # A redelivered webhook gets the same answer and changes nothing.
+                return [_reply_from_dict(r) for r in state.last_turn_replies]
+            parse = self.nlu.parse(message.text, self.clock())
+            replies = self.engine.handle(state, parse, message)
+            state.last_message_id = message.message_id
+            state.last_turn_replies = [asdict(r) for r in replies]
+            if replies and replies[-1].end_session:
+                self.sessions.delete(key)
+            else:
+                self.sessions.save(key, state.to_dict(), self.session_ttl_seconds)
+        return replies
+
+    def reset(self, channel: str, sender_id: str) -> None:
+        self.sessions.delete(self.session_key(channel, sender_id))
+
+
+def _reply_from_dict(data: dict) -> Reply:
+    buttons = tuple(Button(**b) for b in data.get("buttons") or ())
+    return Reply(**{**data, "buttons": buttons})

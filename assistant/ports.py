@@ -1,0 +1,97 @@
+"""Interfaces the core needs from the outside world. Implementations live in backend/ (and tests)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol
+
+Clock = Callable[[], datetime]  # returns a timezone-aware "now"
+
+
+class SessionStore(Protocol):
+    """Conversation state by key (sender id, CallSid …). Values are JSON-serialisable dicts."""
+
+    def load(self, key: str) -> dict[str, Any] | None: ...
+
+    def save(self, key: str, state: dict[str, Any], ttl_seconds: int) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def lock(self, key: str, timeout_seconds: float = 10.0) -> AbstractContextManager[None]:
+        """Serialises turns of one conversation across threads/processes."""
+        ...
+
+
+@dataclass(frozen=True)
+class Person:
+    """The resident a case is about. Personal fields are encrypted by the backend, never logged."""
+
+    name: str | None = None
+    id_number: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseRequest:
+    kind: str  # "application" | "booking" | "ticket" | "proxy_request"
+    category: str  # form name: apply_senior_card, book_meal, report_issue, family_proxy …
+    subject: Person
+    fields: Mapping[str, Any]  # other slots, JSON-serialisable (dates as ISO strings)
+    channel: str
+    sender_id: str
+    # Same key → same case: a resubmitted turn (retry, duplicate webhook) creates nothing new.
+    idempotency_key: str
+    # The phone of whoever operated the conversation when it is not the subject (family proxy).
+    submitted_by_phone: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseReceipt:
+    reference: str  # digits only, said digit by digit
+    kind: str
+    category: str
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class HandoffRequest:
+    sender_id: str
+    channel: str
+    phone: str | None
+    reason: str  # "user_request" | "emergency" | "misunderstood"
+    urgent: bool
+    transcript: tuple[tuple[str, str], ...]  # ("user"|"bot", text)
+    form_name: str | None
+    form_slots: Mapping[str, Any]
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class ProgressItem:
+    reference: str
+    kind: str
+    category: str
+    status: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ResidentRecord:
+    name: str | None = None
+    birth_date: date | None = None
+    address: str | None = None
+    grid_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ServiceBackend(Protocol):
+    def submit_case(self, request: CaseRequest) -> CaseReceipt: ...
+
+    def create_handoff(self, request: HandoffRequest) -> CaseReceipt: ...
+
+    def progress(self, *, phone: str | None = None, reference: str | None = None) -> list[ProgressItem]: ...
+
+    def find_resident(self, *, id_number: str | None = None, phone: str | None = None) -> ResidentRecord | None: ...

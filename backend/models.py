@@ -1,0 +1,348 @@
+"""Database schema (SQLAlchemy 2 typed models) and the tamper-evident audit chain.
+
+Personal data never sits in clear: `*_enc` columns hold SM4 text from backend.crypto,
+`*_hash` columns hold blind indexes for equality lookups. Changing a model means a new
+Alembic revision in backend/migrations/versions (tests compare the two).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    DDL,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    event,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from backend.crypto import sm3_hex
+
+ZERO_HASH = "0" * 64
+
+# Stable constraint names, so Alembic revisions can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Statuses per case table; the first one is where a new case starts.
+STATUSES: dict[str, tuple[str, ...]] = {
+    "application": (
+        "submitted", "accepted", "in_review", "need_more_info",
+        "approved", "rejected", "completed", "cancelled",
+    ),
+    "booking": ("booked", "confirmed", "in_service", "completed", "cancelled", "no_show"),
+    "ticket": ("received", "assigned", "in_progress", "resolved", "closed", "rejected"),
+    "handoff": ("waiting", "taken", "closed"),
+}
+# What residents and staff see for each status code.
+STATUS_LABELS_ZH: dict[str, str] = {
+    "submitted": "已提交",
+    "accepted": "已受理",
+    "in_review": "审核中",
+    "need_more_info": "需补充材料",
+    "approved": "已通过",
+    "rejected": "未通过",
+    "completed": "已办结",
+    "cancelled": "已取消",
+    "booked": "已预约",
+    "confirmed": "已确认",
+    "in_service": "服务中",
+    "no_show": "未到场",
+    "received": "已收到",
+    "assigned": "已派单",
+    "in_progress": "处理中",
+    "resolved": "已解决",
+    "closed": "已结束",
+    "waiting": "等待人工接听",
+    "taken": "工作人员已接入",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Always timezone-aware UTC in Python. SQLite has no time zones, so it stores naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, date: Date}
+
+
+class Timestamps:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Resident(Timestamps, Base):
+    __tablename__ = "residents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    id_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    id_enc: Mapped[str | None] = mapped_column(Text)
+    phone_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    phone_enc: Mapped[str | None] = mapped_column(Text)
+    name_enc: Mapped[str | None] = mapped_column(Text)
+    # Derived from the ID number; kept in clear for age rules (allowances start at 80 etc.).
+    birth_date: Mapped[date | None]
+    gender: Mapped[str | None] = mapped_column(String(1))  # "M" / "F"
+    address_enc: Mapped[str | None] = mapped_column(Text)
+    grid_id: Mapped[str | None] = mapped_column(String(32), index=True)
+
+
+class CaseColumns(Timestamps):
+    """Columns every case table shares (applications, bookings, tickets, handoffs)."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference: Mapped[str] = mapped_column(String(8), unique=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    resident_id: Mapped[int | None] = mapped_column(
+        ForeignKey("residents.id", ondelete="SET NULL"), index=True
+    )
+    phone_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # of the subject
+    submitted_by_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # proxy phone
+    channel: Mapped[str] = mapped_column(String(32))
+    sender_hash: Mapped[str] = mapped_column(String(64), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Application(CaseColumns, Base):
+    """Affairs: apply_senior_card, apply_residence_certificate, apply_elderly_allowance,
+    apply_disability_subsidy, family_proxy …"""
+
+    __tablename__ = "applications"
+
+    category: Mapped[str] = mapped_column(String(64))
+    fields_enc: Mapped[str | None] = mapped_column(Text)
+
+
+class Booking(CaseColumns, Base):
+    """book_meal, book_home_service, book_escort."""
+
+    __tablename__ = "bookings"
+
+    category: Mapped[str] = mapped_column(String(64))
+    fields_enc: Mapped[str | None] = mapped_column(Text)
+
+
+class Ticket(CaseColumns, Base):
+    """report_issue. Generic for now; media, routing and geo come in a later revision."""
+
+    __tablename__ = "tickets"
+
+    category: Mapped[str] = mapped_column(String(64))
+    description_enc: Mapped[str | None] = mapped_column(Text)
+    location_enc: Mapped[str | None] = mapped_column(Text)
+    fields_enc: Mapped[str | None] = mapped_column(Text)
+    grid_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    department: Mapped[str | None] = mapped_column(String(64))
+
+
+class Handoff(CaseColumns, Base):
+    """A conversation waiting for a human (status waiting / taken / closed)."""
+
+    __tablename__ = "handoffs"
+
+    reason: Mapped[str] = mapped_column(String(32))
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    transcript_enc: Mapped[str | None] = mapped_column(Text)
+    form_name: Mapped[str | None] = mapped_column(String(64))
+    form_slots_enc: Mapped[str | None] = mapped_column(Text)
+    taken_by: Mapped[str | None] = mapped_column(String(64))
+
+
+CASE_MODELS: dict[str, type[Application | Booking | Ticket | Handoff]] = {
+    "application": Application,
+    "booking": Booking,
+    "ticket": Ticket,
+    "handoff": Handoff,
+}
+
+
+class StatusEvent(Base):
+    """One row per status transition of a case, creation included (from_status None)."""
+
+    __tablename__ = "status_events"
+    __table_args__ = (Index("ix_status_events_entity", "entity_type", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Audit chain -------------------------------------------------------------------------------
+class AuditEntry(Base):
+    """Append-only; each row's hash covers the previous row's hash, so an edited, deleted or
+    reordered row breaks the chain from that row on."""
+
+    __tablename__ = "audit_entries"
+
+    # Assigned under the audit_head lock (last_id + 1), not by the database, because the id is
+    # part of the hashed content and must be known before insert.
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # create / read / update
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON, never personal data in clear
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    def canonical(self) -> str:
+        return canonical_json(
+            {
+                "id": self.id,
+                "at": self.at.astimezone(UTC).isoformat(timespec="microseconds"),
+                "actor": self.actor,
+                "action": self.action,
+                "entity_type": self.entity_type,
+                "entity_id": self.entity_id,
+                "detail": self.detail,
+            }
+        )
+
+    def compute_hash(self) -> str:
+        return sm3_hex((self.prev_hash + self.canonical()).encode("utf-8"))
+
+
+class AuditHead(Base):
+    """Exactly one row (id 1): the chain's tip. Appenders lock it, which serialises appends,
+    and verification compares it with the last entry, so a truncated tail is detected too."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+# Seed the head row when tables are made with metadata.create_all (the migration seeds it too).
+event.listen(
+    AuditHead.__table__,
+    "after_create",
+    DDL(f"INSERT INTO audit_head (id, last_id, last_hash) VALUES (1, 0, '{ZERO_HASH}')"),
+)
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def append_audit(
+    session: Session,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: int | None,
+    detail: Mapping[str, Any],
+) -> AuditEntry:
+    """Appends one entry inside the caller's transaction.
+
+    The head row is taken with SELECT … FOR UPDATE (Postgres row lock; SQLite ignores it, but
+    there every transaction starts with BEGIN IMMEDIATE, see backend.db). Call it last in a unit
+    of work so the lock is held only until commit and lock order is always data → head.
+    """
+    head = session.execute(
+        select(AuditHead)
+        .where(AuditHead.id == 1)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # never trust a head cached from before
+    ).scalar_one()
+    entry = AuditEntry(
+        id=head.last_id + 1,
+        at=at.astimezone(UTC),
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        detail=canonical_json(dict(detail)),
+        prev_hash=head.last_hash,
+    )
+    entry.hash = entry.compute_hash()
+    head.last_id = entry.id
+    head.last_hash = entry.hash
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def verify_audit_chain(session: Session) -> int | None:
+    """Id of the first broken entry, or None when the whole chain checks out.
+
+    Broken means: recomputed hash differs (edited), prev_hash does not match the previous row
+    or the id is not the next one (deleted or reordered), or the head disagrees with the last
+    row (tail deleted: the id returned is the first missing one).
+    """
+    expected_id, expected_prev = 1, ZERO_HASH
+    result = session.execute(
+        select(AuditEntry)
+        .order_by(AuditEntry.id)
+        # read what is stored now, not rows this session may hold from earlier
+        .execution_options(yield_per=1000, populate_existing=True)
+    )
+    try:
+        for entry in result.scalars():
+            if (
+                entry.id != expected_id
+                or entry.prev_hash != expected_prev
+                or entry.hash != entry.compute_hash()
+            ):
+                return min(entry.id, expected_id)
+            expected_id, expected_prev = entry.id + 1, entry.hash
+    finally:
+        result.close()  # may stop early: release the (server-side) cursor
+    head = session.get(AuditHead, 1, populate_existing=True)
+    last_id = expected_id - 1
+    if head is None:
+        return None if last_id == 0 else expected_id
+    if head.last_id > last_id:
+        return last_id + 1
+    if head.last_id < last_id:
+        return head.last_id + 1
+    if head.last_hash != expected_prev:
+        return max(last_id, 1)
+    return None

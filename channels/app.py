@@ -1,0 +1,43 @@
+"""Flask application factory: one blueprint per channel, registered from one table."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Blueprint, Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from channels import rest
+
+log = logging.getLogger(__name__)
+
+# Add a channel: write channels/<name>.py with make_blueprint(runtime), list it here.
+CHANNELS: list[Callable[..., Blueprint]] = [rest.make_blueprint]
+
+
+def create_app(runtime) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024  # webhooks are small; media is fetched, not posted
+    app.json.ensure_ascii = False
+    app.extensions["runtime"] = runtime
+    for make in CHANNELS:
+        app.register_blueprint(make(runtime))
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.get("/")
+    def index():
+        return jsonify({"service": "community-assistant", "channels": [bp.name for bp in app.blueprints.values()]})
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify({"error": exc.name.lower().replace(" ", "_"), "detail": exc.description}), exc.code
+
+    @app.errorhandler(Exception)
+    def crash(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify({"error": "internal_error", "detail": "系统出了点问题，请稍后再试，或拨打社区电话。"}), 500
+
+    return app

@@ -1,0 +1,125 @@
+"""Command line: python -m assistant serve | chat | train | parse | nlu-eval FILE | db upgrade."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from assistant.config import load_settings
+from assistant.privacy import MaskingFilter
+
+
+def _logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(MaskingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import waitress
+
+    from channels.app import create_app
+    from runtime.container import build_runtime
+
+    settings = load_settings()
+    runtime = build_runtime(settings)
+    app = create_app(runtime)
+    host, port = args.host or settings.host, args.port or settings.port
+    logging.getLogger(__name__).info("serving on http://%s:%d (database %s, sessions %s)", host, port,
+                                     settings.database_url.split("@")[-1],
+                                     "redis" if settings.redis_url else "in-process")
+    waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from channels.terminal import run_chat
+    from runtime.container import build_runtime
+
+    runtime = build_runtime(load_settings())
+    run_chat(runtime, sys.stdin, sys.stdout, sender=args.sender, phone=args.phone)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from assistant.nlu.pipeline import NLU, NLUSettings
+
+    settings = load_settings()
+    nlu_settings = NLUSettings.from_config(settings.config, settings.root, settings.model_dir)
+    started = time.perf_counter()
+    nlu = NLU.train(nlu_settings)
+    path = nlu.save()
+    print(json.dumps({"model": str(path), "intents": len(nlu.intents),
+                      "seconds": round(time.perf_counter() - started, 2)}, ensure_ascii=False))
+    return 0
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from runtime.container import load_nlu, make_clock
+
+    settings = load_settings()
+    nlu, clock = load_nlu(settings), make_clock(settings)
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        print(json.dumps(nlu.parse(text, clock()).to_rasa(), ensure_ascii=False), flush=True)
+    return 0
+
+
+def cmd_nlu_eval(args: argparse.Namespace) -> int:
+    from assistant.nlu.evaluate import predict_file, print_report, summarise
+    from runtime.container import load_nlu, make_clock
+
+    settings = load_settings()
+    path = Path(args.file)
+    if not path.exists():
+        print(f"no such file: {path}", file=sys.stderr)
+        return 2
+    predictions = predict_file(load_nlu(settings), path, make_clock(settings)())
+    print_report(summarise(predictions), predictions, sys.stdout, errors=args.errors)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from backend import db
+
+    settings = load_settings()
+    db.upgrade(settings.database_url)
+    print(f"database at head: {settings.database_url.split('@')[-1]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m assistant", description="社区适老化语音短信助手")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server with all channels")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--threads", type=int, default=8)
+    serve.set_defaults(func=cmd_serve)
+    chat = sub.add_parser("chat", help="talk to the assistant in the terminal")
+    chat.add_argument("--sender", default="terminal")
+    chat.add_argument("--phone", help="pretend the channel knows this caller number")
+    chat.set_defaults(func=cmd_chat)
+    sub.add_parser("train", help="train the NLU model now").set_defaults(func=cmd_train)
+    sub.add_parser("parse", help="stdin utterances → JSON lines").set_defaults(func=cmd_parse)
+    evaluate = sub.add_parser("nlu-eval", help="evaluate on a Rasa-format test file")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--errors", type=int, default=0, help="also list the first N errors")
+    evaluate.set_defaults(func=cmd_nlu_eval)
+    database = sub.add_parser("db", help="database maintenance")
+    database.add_argument("action", choices=["upgrade"])
+    database.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(args.verbose)
+    return int(args.func(args) or 0)

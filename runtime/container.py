@@ -1,0 +1,71 @@
+"""Composition root: builds the store, session store, NLU, dialogue and assistant from Settings.
+
+The only place that knows every layer; assistant/ never imports backend/ or channels/.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from assistant.config import Settings
+from assistant.core import Assistant
+from assistant.dialogue.domain import Domain
+from assistant.dialogue.engine import DialogueEngine
+from assistant.nlu.pipeline import NLU, NLUSettings
+from assistant.ports import Clock, ServiceBackend, SessionStore
+from backend import db
+from backend.crypto import FieldCipher, load_keys
+from backend.services import StoreBackend
+from backend.sessions import make_session_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    assistant: Assistant
+    backend: ServiceBackend
+    sessions: SessionStore
+    clock: Clock
+
+
+def make_clock(settings: Settings) -> Callable[[], datetime]:
+    tz = settings.timezone
+    return lambda: datetime.now(tz)
+
+
+def load_nlu(settings: Settings) -> NLU:
+    return NLU.load_or_train(NLUSettings.from_config(settings.config, settings.root, settings.model_dir))
+
+
+def make_cipher(settings: Settings) -> FieldCipher:
+    return FieldCipher(load_keys(settings.env, settings.data_dir / "keys.json"))
+
+
+def build_backend(settings: Settings, clock: Clock, cipher: FieldCipher, migrate: bool = True) -> StoreBackend:
+    if migrate:
+        db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    return StoreBackend(db.session_factory(engine), cipher, clock)
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    backend: ServiceBackend | None = None,
+    sessions: SessionStore | None = None,
+    nlu: NLU | None = None,
+) -> Runtime:
+    clock = clock or make_clock(settings)
+    cipher = make_cipher(settings)
+    backend = backend or build_backend(settings, clock, cipher)
+    sessions = sessions or make_session_store(settings.redis_url, cipher)
+    nlu = nlu or load_nlu(settings)
+    domain = Domain.load(settings.root / "domain.yml")
+    engine = DialogueEngine(domain, backend, settings.dialogue_settings(), clock)
+    assistant = Assistant(nlu, engine, sessions, clock, settings.session_ttl_seconds)
+    return Runtime(settings, assistant, backend, sessions, clock)
