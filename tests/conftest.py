@@ -29,7 +29,8 @@ if str(ROOT) not in sys.path:
 REQUIRE_SERVERS = os.environ.get("REQUIRE_SERVERS") == "1"
 
 # Core fixtures (trained NLU, fixed clock, runtime on SQLite, conversation driver).
-pytest_plugins = ["core_fixtures"]
+# SMS fixtures: fake Twilio API + media host on loopback, signed webhooks, the ticket loop.
+pytest_plugins = ["core_fixtures", "sms_fixtures"]
 
 
 def _unavailable(reason: str) -> None:

@@ -10,6 +10,14 @@ from core_fixtures import make_id, wrong_check
 REF = re.compile(r"编号[是：:\s]*(\d{8})")
 
 
+def submit_senior_card(c, name: str = "王建国", birth: str = "19450302") -> str:
+    """Runs a senior-card application on a channel that knows the caller's phone."""
+    c.say("办老年证")
+    c.say(make_id(birth))
+    c.say(name)
+    return reference_in(c.say("对"))
+
+
 def reference_in(text: str) -> str:
     match = REF.search(text)
     assert match, f"no reference number in: {text}"
@@ -181,11 +189,7 @@ def test_misunderstood_slot_answers_never_loop_forever(talk):
 
 
 def test_check_progress_by_reference_and_by_caller_phone(talk):
-    c = talk(phone="13800138000")
-    c.say("办老年证")
-    c.say(make_id("19450302"))
-    c.say("王建国")
-    reference = reference_in(c.say("对"))
+    reference = submit_senior_card(talk(phone="13800138000"))
     other = talk(sender="someone-else")
     status = other.say(f"查一下受理编号{reference}")
     assert reference in status and "已受理" in status
@@ -194,11 +198,7 @@ def test_check_progress_by_reference_and_by_caller_phone(talk):
 
 
 def test_progress_by_a_typed_phone_does_not_reveal_someone_elses_cases(talk):
-    owner = talk(phone="13800138000")
-    owner.say("办老年证")
-    owner.say(make_id("19450302"))
-    owner.say("王建国")
-    reference = reference_in(owner.say("对"))
+    reference = submit_senior_card(talk(phone="13800138000"))
     stranger = talk(sender="stranger")
     stranger.say("查进度")
     assert reference not in stranger.say("13800138000")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import opencc
 import yaml
+from pypinyin import Style, lazy_pinyin
 
 # Emoji, symbols and punctuation carry no intent; they become spaces.
 _NOISE = re.compile(r"[^\w\s.+\-:/]|_", re.UNICODE)
@@ -30,9 +31,10 @@ class Lexicon:
     abbreviations: dict[str, str] = field(default_factory=dict)  # pinyin tokens
 
     @classmethod
-    def load(cls, path: Path | None) -> Lexicon:
+    def load(cls, path: Path | None, dictionary: Path | None = None) -> Lexicon:
+        derived = derived_abbreviations(dictionary)
         if path is None or not path.exists():
-            return cls()
+            return cls(abbreviations=derived)
         doc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("normalization", {})
         converter = _converter()
         # Keys are stored simplified; converting again guards against a traditional key slipping in.
@@ -42,9 +44,28 @@ class Lexicon:
             for k, v in (doc.get(section) or {}).items()
             if str(k) != str(v)
         }
-        abbreviations = {str(k).lower(): str(v) for k, v in (doc.get("pinyin_abbreviations") or {}).items()}
+        abbreviations = {**derived, **{str(k).lower(): str(v) for k, v in (doc.get("pinyin_abbreviations") or {}).items()}}
         fillers = tuple(sorted({str(f) for f in doc.get("fillers") or []}, key=len, reverse=True))
         return cls(fillers=fillers, replacements=replacements, abbreviations=abbreviations)
+
+
+def derived_abbreviations(dictionary: Path | None) -> dict[str, str]:
+    """Pinyin spellings and initials of the domain terms (老年证 → laonianzheng, lnz), so an SMS
+    typed without a Chinese IME still reaches the term. Initials shorter than 3 letters or shared
+    by two terms are too ambiguous to use."""
+    if dictionary is None or not dictionary.exists():
+        return {}
+    full: dict[str, str] = {}
+    initials: dict[str, set[str]] = {}
+    for line in dictionary.read_text(encoding="utf-8").splitlines():
+        word = line.split(" ")[0].strip()
+        if not (2 <= len(word) <= 6) or not all("\u4e00" <= ch <= "\u9fff" for ch in word):
+            continue
+        syllables = lazy_pinyin(word, style=Style.NORMAL)
+        full.setdefault("".join(syllables), word)
+        initials.setdefault("".join(s[0] for s in syllables), set()).add(word)
+    short = {k: next(iter(v)) for k, v in initials.items() if len(k) >= 3 and len(v) == 1}
+    return {**short, **full}
 
 
 @lru_cache(maxsize=1)
@@ -58,10 +79,10 @@ class Normalizer:
         keys = sorted(lexicon.replacements, key=len, reverse=True)
         self._replace = re.compile("|".join(map(re.escape, keys))) if keys else None
         fillers = "|".join(map(re.escape, lexicon.fillers))
-        # A filler is dropped at the start of the utterance or when it stands between pauses;
-        # inside a phrase ("那个证") it may carry meaning, so it stays.
+        # A filler is dropped only as a whole token between pauses. Glued to a word it may carry
+        # meaning: Cantonese 唔系 is "不是", not "嗯 是"; 那个证 names a thing.
         self._fillers = (
-            re.compile(rf"(?:^|(?<=\s))(?:{fillers})(?=\s|$)|^(?:(?:{fillers})\s*)+") if fillers else None
+            re.compile(rf"(?:^|(?<=\s))(?:{fillers})(?=\s|$)") if fillers else None
         )
 
     def __call__(self, text: str) -> str:

@@ -95,7 +95,7 @@ class LookupExtractor:
 class NLU:
     def __init__(self, settings: NLUSettings, classifier: IntentClassifier, data: TrainingData) -> None:
         self.settings = settings
-        self.normalizer = Normalizer(Lexicon.load(settings.lexicon_path))
+        self.normalizer = Normalizer(Lexicon.load(settings.lexicon_path, settings.dictionary_path))
         self.classifier = classifier
         self.lookups = LookupExtractor(data.lookups, data.synonyms, self.normalizer)
         self.intents = sorted(set(classifier.labels))
@@ -107,7 +107,7 @@ class NLU:
         data = load_training_data(settings.data_path)
         if not data.examples:
             raise ValueError(f"no training examples under {settings.data_path}")
-        normalizer = Normalizer(Lexicon.load(settings.lexicon_path))
+        normalizer = Normalizer(Lexicon.load(settings.lexicon_path, settings.dictionary_path))
         texts = [normalizer(text) for text, _ in data.examples]
         classifier = IntentClassifier.train(texts, [intent for _, intent in data.examples], settings.classifier)
         return cls(settings, classifier, data)

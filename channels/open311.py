@@ -1,0 +1,154 @@
+"""Open311 GeoReport v2, so existing city tools can read and file tickets.
+
+GET  /open311/v2/services.json              the taxonomy (config.yml tickets.taxonomy)
+GET  /open311/v2/requests.json              service_request_id, service_code, start_date,
+                                            end_date, status (open|closed) filters
+GET  /open311/v2/requests/<id>.json
+POST /open311/v2/requests.json              api_key (env OPEN311_API_KEYS, comma-separated),
+                                            service_code, lat + long or address_string,
+                                            description, phone, media_url (ignored: we fetch
+                                            photos only from the SMS provider)
+GET  /open311/media/<sha256>.<ext>          stored photos (EXIF stripped) that media_url points to
+
+Public answers carry no personal data: `description` is given only for requests filed through
+Open311 itself (residents' SMS texts stay private), `address` is the coarse public place.
+Errors follow the spec: a list of {"code", "description"} with the HTTP status.
+"""
+from __future__ import annotations
+
+import hmac
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, jsonify, request, send_file
+
+from backend.tickets import TicketView
+from runtime.ticket_loop import ticket_loop_for
+
+NAME = "open311"
+CLOSED = {"resolved", "rated", "closed", "rejected", "duplicate", "cancelled"}
+MAX_DESCRIPTION = 2000
+
+
+def _errors(status: int, description: str):
+    return jsonify([{"code": status, "description": description}]), status
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("dates need a time zone (W3C format)")
+    return parsed
+
+
+def make_blueprint(runtime: Any) -> Blueprint:
+    bp = Blueprint(NAME, __name__)
+    loop = ticket_loop_for(runtime)
+    desk = loop.desk
+    tz = runtime.settings.timezone
+    keys = [k.strip() for k in (runtime.settings.env.get("OPEN311_API_KEYS") or "").split(",") if k.strip()]
+
+    def base_url() -> str:
+        return loop.twilio.public_base_url or request.host_url.rstrip("/")
+
+    def request_json(view: TicketView) -> dict[str, Any]:
+        photo = next((sha for sha, role in view.media if role == "report"), None)
+        path = desk.media.find(photo) if photo else None
+        return {
+            "service_request_id": view.reference,
+            "status": "closed" if view.status in CLOSED else "open",
+            "status_notes": view.status_note,
+            "service_name": view.category_name,
+            "service_code": view.service_code,
+            "description": desk.description(view.reference) if view.channel == "open311" else None,
+            "agency_responsible": view.department,
+            "service_notice": None,
+            "requested_datetime": view.created_at.astimezone(tz).isoformat(timespec="seconds"),
+            "updated_datetime": view.updated_at.astimezone(tz).isoformat(timespec="seconds"),
+            "expected_datetime": None,
+            "address": view.place,
+            "address_id": None,
+            "zipcode": None,
+            "lat": view.latitude,
+            "long": view.longitude,
+            "media_url": f"{base_url()}/open311/media/{path.name}" if path else None,
+        }
+
+    @bp.get("/open311/v2/services.json")
+    def services():
+        return jsonify([
+            {"service_code": c.code, "service_name": c.name, "description": c.name, "metadata": False,
+             "type": "realtime", "keywords": ",".join(c.keywords), "group": c.department or "人工分拣"}
+            for c in desk.taxonomy.categories
+        ])
+
+    @bp.get("/open311/v2/requests.json")
+    def list_requests():
+        args = request.args
+        try:
+            since, until = _parse_time(args.get("start_date")), _parse_time(args.get("end_date"))
+        except ValueError as exc:
+            return _errors(400, f"bad date: {exc}")
+        ids = [i for i in (args.get("service_request_id") or "").split(",") if i]
+        if ids:
+            views = [v for v in (desk.view(i) for i in ids[:50]) if v is not None]
+        else:
+            status = args.get("status")
+            if status not in (None, "", "open", "closed"):
+                return _errors(400, "status must be open or closed")
+            wanted = None
+            if status == "closed":
+                wanted = sorted(CLOSED)
+            elif status == "open":
+                wanted = sorted({"received", "categorised", "routed", "accepted", "in_progress", "reopened"})
+            views = desk.list(status=wanted, service_code=args.get("service_code") or None, since=since,
+                              until=until, limit=1000)
+        return jsonify([request_json(v) for v in views])
+
+    @bp.get("/open311/v2/requests/<reference>.json")
+    def one_request(reference: str):
+        view = desk.view(reference)
+        if view is None:
+            return _errors(404, f"service_request_id {reference} not found")
+        return jsonify([request_json(view)])
+
+    @bp.post("/open311/v2/requests.json")
+    def create_request():
+        form = request.form
+        key = form.get("api_key") or ""
+        if not keys or not any(hmac.compare_digest(key, k) for k in keys):
+            return _errors(403, "api_key missing or not valid")
+        code = form.get("service_code") or ""
+        if desk.taxonomy.get(code) is None:
+            return _errors(400, "service_code not found")
+        try:
+            lat = float(form["lat"]) if form.get("lat") else None
+            lon = float(form["long"]) if form.get("long") else None
+        except ValueError:
+            return _errors(400, "lat/long must be numbers")
+        address = (form.get("address_string") or "").strip() or None
+        if (lat is None or lon is None) and not address:
+            return _errors(400, "lat and long, or address_string, is required")
+        if lat is not None and lon is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            return _errors(400, "lat/long out of range")
+        description = (form.get("description") or "").strip()
+        if len(description) > MAX_DESCRIPTION:
+            return _errors(400, f"description is longer than {MAX_DESCRIPTION} characters")
+        idempotency = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        reference = desk.create_open311(service_code=code, description=description or None, lat=lat, lon=lon,
+                                        address=address, phone=(form.get("phone") or "").strip() or None,
+                                        idempotency_key=f"open311:{key[:16]}:{idempotency[:100]}")
+        return jsonify([{"service_request_id": reference, "service_notice": "已受理", "account_id": None}]), 201
+
+    @bp.get("/open311/media/<name>")
+    def media(name: str):
+        sha = name.split(".", 1)[0]
+        path = desk.media.find(sha)
+        if path is None or path.name != name:
+            return _errors(404, "no such photo")
+        return send_file(path, max_age=86400)
+
+    return bp
