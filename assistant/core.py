@@ -15,12 +15,13 @@ log = logging.getLogger(__name__)
 
 class Assistant:
     def __init__(self, nlu: NLU, engine: DialogueEngine, sessions: SessionStore, clock: Clock,
-                 session_ttl_seconds: int) -> None:
+                 session_ttl_seconds: int, lock_timeout_seconds: float = 10.0) -> None:
         self.nlu = nlu
         self.engine = engine
         self.sessions = sessions
         self.clock = clock
         self.session_ttl_seconds = session_ttl_seconds
+        self.lock_timeout_seconds = lock_timeout_seconds
 
     @staticmethod
     def session_key(channel: str, sender_id: str) -> str:
@@ -40,7 +41,7 @@ class Assistant:
 
     def _handle(self, message: UserMessage) -> list[Reply]:
         key = self.session_key(message.channel, message.sender_id)
-        with self.sessions.lock(key):
+        with self.sessions.lock(key, self.lock_timeout_seconds):
             raw = self.sessions.load(key)
             state = (
                 ConversationState.from_dict(raw)

@@ -335,3 +335,69 @@ def test_state_survives_a_new_assistant_on_the_same_session_store(talk, runtime,
 
     again = Conversation(restarted, sender="u1")
     assert "电话" in again.say("王建国")
+
+
+def test_a_turn_waiting_for_a_busy_conversation_gets_a_kind_answer(talk, runtime):
+    import threading
+
+    runtime.assistant.lock_timeout_seconds = 0.2
+    key = runtime.assistant.session_key("rest", "busy")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runtime.sessions.lock(key):
+            held.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    held.wait(5)
+    try:
+        assert "稍等" in talk(sender="busy").say("办老年证")
+    finally:
+        release.set()
+        worker.join()
+    assert "身份证" in talk(sender="busy").say("办老年证")  # nothing was lost or half-done
+
+
+def test_whole_conversation_on_postgres(settings_env, nlu, clock, db_url):
+    from assistant.config import load_settings
+    from core_fixtures import Conversation
+    from runtime.container import build_runtime
+
+    runtime = build_runtime(load_settings({**settings_env, "DATABASE_URL": db_url}), clock=clock, nlu=nlu)
+    reference = submit_senior_card(Conversation(runtime, phone="13800138000"))
+    assert runtime.backend.get_case(reference).status == "submitted"
+    again = Conversation(runtime, sender="u9", phone="13800138000")
+    assert reference in again.say("查一下我的进度")
+
+
+def test_terminal_chat_command(model_dir, nlu, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from assistant.config import ROOT
+
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "DATA_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "assistant", "chat", "--phone", "13800138000"],
+                         input="你好\n订饭\n/quit\n", capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert run.returncode == 0
+    assert "助手：您好" in run.stdout and "哪一天" in run.stdout
+    upgrade = subprocess.run([sys.executable, "-m", "assistant", "db", "upgrade"], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=120)
+    assert upgrade.returncode == 0 and "head" in upgrade.stdout
+
+
+def test_known_residents_address_and_name_are_not_asked_again(talk):
+    first = talk(phone="13800138000")
+    first.say("我要开居住证明")
+    first.say(make_id("19450302"))
+    first.say("王建国")
+    first.say("幸福小区3栋2单元501")
+    first.say("孙子上学用")
+    reference_in(first.say("对"))
+    later = talk(sender="later", phone="13800138000")
+    later.say("明天中午订一份饭送到家")
+    assert later.last.expects == "confirm"  # address came from the resident record
+    assert "幸福小区3栋2单元501" in later.text
