@@ -96,3 +96,7 @@ class Reply:
     handoff: bool = False
     urgent: bool = False
     end_session: bool = False
+    # A person should take over now (office hours or an emergency), not call back later.
+    live_agent: bool = False
+    # The case reference this reply announces (submission or handoff), for channels to act on.
+    reference: str | None = None

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from flask import Blueprint, Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from channels import rest
+from channels import rest, twilio_voice
 
 log = logging.getLogger(__name__)
 
 # Add a channel: write channels/<name>.py with make_blueprint(runtime), list it here.
-CHANNELS: list[Callable[..., Blueprint]] = [rest.make_blueprint]
+CHANNELS: list[Callable[..., Blueprint]] = [rest.make_blueprint, twilio_voice.make_blueprint]
 
 
 def create_app(runtime) -> Flask:

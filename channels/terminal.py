@@ -41,3 +41,44 @@ def run_chat(runtime, stdin: TextIO, stdout: TextIO, sender: str = "terminal", p
             _show(reply, stdout)
         if replies and replies[-1].end_session:
             break
+
+
+def run_call(runtime, stdin: TextIO, stdout: TextIO, caller: str | None = None, sender: str = "terminal-call") -> None:
+    """`python -m assistant call`: a phone call in the terminal, for staff training. Type keys
+    (digits, *, #; a long number ends with #) or words as the caller would say them."""
+    from assistant.ivr import CallInput, IvrFlow, IvrNavigator
+
+    flow = IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml")
+    nav = IvrNavigator(flow)
+    assistant = runtime.assistant
+    assistant.reset("voice", sender)
+    step, expects, tries = flow.start, None, 0
+    stdout.write("（模拟来电：输入按键如 1、0、#，或直接输入要说的话；/hangup 挂机）\n")
+    stdout.write(f"热线：{flow.greeting}{flow.steps[step].prompt}\n")
+    while True:
+        stdout.write("来电人：")
+        stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() == "/hangup":
+            break
+        text = line.strip()
+        is_keys = bool(text) and all(ch in "0123456789*#" for ch in text)
+        value = CallInput(digits=text if is_keys else "", speech="" if is_keys else text)
+        outcome = nav.in_conversation(expects, value, tries) if step == "conv" else nav.at_menu(step, value, tries)
+        said = list(outcome.say)
+        if outcome.kind == "menu":
+            step, tries = outcome.step or flow.start, outcome.tries
+            stdout.write(f"热线：{''.join(said)}{flow.steps[step].prompt}\n")
+            continue
+        if outcome.kind in {"end", "human"}:
+            ending = nav.message("to_human") if outcome.kind == "human" else nav.message("goodbye")
+            stdout.write(f"热线：{''.join(said)}{ending}\n")
+            break
+        message = outcome.text or ("/repeat" if outcome.meta.get("silence") else "")
+        replies = assistant.handle(UserMessage(sender_id=sender, text=message, channel="voice", phone=caller))
+        stdout.write("热线：" + "".join([*said, *[r.speech or r.text for r in replies]]) + "\n")
+        last = replies[-1]
+        if any(r.handoff for r in replies) or last.end_session:
+            break
+        step, expects, tries = ("conv", last.expects, outcome.tries) if last.expects not in {None, "menu"} \
+            else (flow.start, None, 0)

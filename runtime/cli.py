@@ -45,6 +45,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    from channels.terminal import run_call
+    from runtime.container import build_runtime
+
+    runtime = build_runtime(load_settings())
+    run_call(runtime, sys.stdin, sys.stdout, caller=args.caller)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from assistant.nlu.pipeline import NLU, NLUSettings
 
@@ -107,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--sender", default="terminal")
     chat.add_argument("--phone", help="pretend the channel knows this caller number")
     chat.set_defaults(func=cmd_chat)
+    call = sub.add_parser("call", help="simulate a phone call in the terminal (staff training)")
+    call.add_argument("--caller", default="13800138000", help="caller ID the line would see")
+    call.set_defaults(func=cmd_call)
     sub.add_parser("train", help="train the NLU model now").set_defaults(func=cmd_train)
     sub.add_parser("parse", help="stdin utterances → JSON lines").set_defaults(func=cmd_parse)
     evaluate = sub.add_parser("nlu-eval", help="evaluate on a Rasa-format test file")

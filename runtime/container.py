@@ -9,13 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.orm import Session
+
 from assistant.config import Settings
 from assistant.core import Assistant
 from assistant.dialogue.domain import Domain
 from assistant.dialogue.engine import DialogueEngine
 from assistant.nlu.pipeline import NLU, NLUSettings
-from assistant.ports import Clock, ServiceBackend, SessionStore
+from assistant.ports import Clock, SessionStore
 from backend import db
+from backend.calls import CallLog
 from backend.crypto import FieldCipher, load_keys
 from backend.services import StoreBackend
 from backend.sessions import make_session_store
@@ -27,9 +30,12 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     assistant: Assistant
-    backend: ServiceBackend
+    backend: StoreBackend
     sessions: SessionStore
     clock: Clock
+    cipher: FieldCipher
+    db_sessions: Callable[[], Session]  # SQLAlchemy session factory for other backend services
+    calls: CallLog
 
 
 def make_clock(settings: Settings) -> Callable[[], datetime]:
@@ -45,27 +51,30 @@ def make_cipher(settings: Settings) -> FieldCipher:
     return FieldCipher(load_keys(settings.env, settings.data_dir / "keys.json"))
 
 
-def build_backend(settings: Settings, clock: Clock, cipher: FieldCipher, migrate: bool = True) -> StoreBackend:
+def open_database(settings: Settings, migrate: bool = True) -> Callable[[], Session]:
     if migrate:
         db.upgrade(settings.database_url)
-    engine = db.make_engine(settings.database_url)
-    return StoreBackend(db.session_factory(engine), cipher, clock)
+    return db.session_factory(db.make_engine(settings.database_url))
+
+
+def build_backend(settings: Settings, clock: Clock, cipher: FieldCipher, migrate: bool = True) -> StoreBackend:
+    return StoreBackend(open_database(settings, migrate), cipher, clock)
 
 
 def build_runtime(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    backend: ServiceBackend | None = None,
     sessions: SessionStore | None = None,
     nlu: NLU | None = None,
 ) -> Runtime:
     clock = clock or make_clock(settings)
     cipher = make_cipher(settings)
-    backend = backend or build_backend(settings, clock, cipher)
+    db_sessions = open_database(settings)
+    backend = StoreBackend(db_sessions, cipher, clock)
     sessions = sessions or make_session_store(settings.redis_url, cipher)
     nlu = nlu or load_nlu(settings)
     domain = Domain.load(settings.root / "domain.yml")
     engine = DialogueEngine(domain, backend, settings.dialogue_settings(), clock)
     assistant = Assistant(nlu, engine, sessions, clock, settings.session_ttl_seconds)
-    return Runtime(settings, assistant, backend, sessions, clock)
+    return Runtime(settings, assistant, backend, sessions, clock, cipher, db_sessions, CallLog(db_sessions, cipher, clock))

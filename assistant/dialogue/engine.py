@@ -546,7 +546,8 @@ class DialogueEngine:
             turn.say("utter_submit_failed", expects="confirm")
             return
         values = {"reference": receipt.reference}
-        turn.say(f"utter_submitted_{form.kind}", values, {"reference_spoken": spell_digits(receipt.reference)})
+        turn.say(f"utter_submitted_{form.kind}", values, {"reference_spoken": spell_digits(receipt.reference)},
+                 reference=receipt.reference)
         state.end_form()
         state.misses = 0
         turn.say("utter_anything_else", expects="menu")
@@ -572,12 +573,13 @@ class DialogueEngine:
             return
         values = {"reference": receipt.reference}
         speech = {"reference_spoken": spell_digits(receipt.reference)}
+        flags = {"handoff": True, "reference": receipt.reference}
         if emergency:
-            turn.say(f"utter_emergency_{emergency}", values, speech, handoff=True, urgent=True)
+            turn.say(f"utter_emergency_{emergency}", values, speech, urgent=True, live_agent=True, **flags)
         elif self.settings.office_hours.open_at(self.clock()):
-            turn.say("utter_handoff_office_hours", values, speech, handoff=True)
+            turn.say("utter_handoff_office_hours", values, speech, live_agent=True, **flags)
         else:
-            turn.say("utter_handoff_after_hours", values, speech, handoff=True)
+            turn.say("utter_handoff_after_hours", values, speech, **flags)
         log.info("handoff %s (%s) for %s", receipt.reference, reason, mask_text(state.sender_id))
         state.end_form()
         state.misses = 0

@@ -1,0 +1,198 @@
+"""The recogniser interface every channel uses, and the factory that picks one from config.yml.
+
+    rec = shared_recognizer(settings)            # None → no local ASR: use keys / Twilio <Gather>
+    t = rec.transcribe(load_for_asr(wav), Expectation(phrases=("是", "不是"), closed=True))
+    t.text, t.core_text, t.confidence, t.choice
+
+Implementations: whisper_asr.WhisperRecognizer (default), vosk_asr.VoskRecognizer,
+remote_asr.RemoteRecognizer. `DecodePool` runs decoding off the request thread with a deadline.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from assistant.voice.audio import Audio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the dialogue step expects, to bias the recogniser.
+
+    `phrases`: words likely in the answer (menu options, lookup-table entries) → prompt/hotwords.
+    `closed`: the answer must be one of `phrases` (menu words, 是/不是, digits): the recogniser
+    then also returns a `choice` among them with its own confidence.
+    """
+
+    phrases: tuple[str, ...] = ()
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    phrase: str
+    confidence: float  # 0..1, comparable across steps; below ~0.5 ask again
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str  # simplified, no punctuation, numbers as said ("设定二十九度")
+    core_text: str  # for the NLU: digit strings as Arabic digits ("电话13800138000")
+    confidence: float  # 0..1 from the decoder's token log-probs
+    speech_start: float  # seconds into the audio where speech starts (VAD), 0 if unknown
+    speech_end: float
+    audio_seconds: float
+    decode_seconds: float  # wall time spent recognising
+    recognizer: str
+    no_speech: bool = False
+    choice: Choice | None = None  # only for Expectation(closed=True)
+    ranking: tuple[Choice, ...] = ()  # all candidates, best first (closed sets)
+    alternatives: tuple[str, ...] = ()  # other hypotheses the decoder considered
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.decode_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+
+class Recognizer(Protocol):
+    name: str
+
+    def transcribe(self, audio: Audio, expect: Expectation | None = None) -> Transcript:
+        """Recognise one utterance (any rate; mono). Must be safe to call from several threads."""
+        ...
+
+
+class RecognizerUnavailable(RuntimeError):
+    """No recogniser could be built; the message says why in words an operator can act on."""
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """The `voice:` section of config.yml, with defaults so a fresh clone needs no setting."""
+
+    recognizer: str = "faster_whisper"  # faster_whisper | vosk | remote | none
+    beam_size: int = 5
+    cpu_threads: int = 2
+    compute_type: str = "int8"
+    workers: int = 1  # decoding threads; one per 2 cores
+    decode_timeout_seconds: float = 10.0  # Twilio gives a webhook 15 s
+    min_confidence: float = 0.45  # below: asr-low-confidence
+    closed_set_min_confidence: float = 0.5
+    vad_threshold: float = 0.5
+    vad_min_silence_ms: int = 700  # end of utterance on streamed audio
+    vad_speech_pad_ms: int = 200
+    max_utterance_seconds: float = 30.0
+    tts_engine: str = "espeak"  # espeak | twilio_say
+    tts_rate: int = 130  # 字/min for seniors
+    tts_voice: str = "cmn"
+    remote_url: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> VoiceConfig:
+        section = dict((config or {}).get("voice") or {})
+        vad = section.pop("vad", {}) or {}
+        tts = section.pop("tts", {}) or {}
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        values = {k: v for k, v in section.items() if k in known}
+        for key, name in (("threshold", "vad_threshold"), ("min_silence_ms", "vad_min_silence_ms"),
+                          ("speech_pad_ms", "vad_speech_pad_ms")):
+            if key in vad:
+                values[name] = vad[key]
+        for key, name in (("engine", "tts_engine"), ("rate", "tts_rate"), ("voice", "tts_voice")):
+            if key in tts:
+                values[name] = tts[key]
+        extra = {k: v for k, v in section.items() if k not in known}
+        return cls(**values, extra=extra)
+
+
+def default_cache_dir(env: Mapping[str, str], model_dir: Path | None = None) -> Path:
+    """Where the assembled Whisper model lives: MODEL_DIR/asr (next to the cached NLU models)."""
+    base = Path(env.get("MODEL_DIR") or model_dir or Path(__file__).resolve().parents[2] / "models")
+    return base / "asr"
+
+
+def build_recognizer(config: VoiceConfig, env: Mapping[str, str] | None = None,
+                     model_dir: Path | None = None) -> Recognizer:
+    """The configured recogniser, loaded now; RecognizerUnavailable with a plain reason otherwise."""
+    env = os.environ if env is None else env
+    kind = config.recognizer
+    if kind == "none":
+        raise RecognizerUnavailable("voice.recognizer is 'none' in config.yml")
+    if kind == "faster_whisper":
+        from assistant.voice.whisper_asr import WhisperRecognizer
+
+        return WhisperRecognizer.from_env(config, env, default_cache_dir(env, model_dir))
+    if kind == "vosk":
+        from assistant.voice.vosk_asr import VoskRecognizer
+
+        return VoskRecognizer.from_env(config, env)
+    if kind == "remote":
+        from assistant.voice.remote_asr import RemoteRecognizer
+
+        return RemoteRecognizer.from_env(config, env)
+    raise RecognizerUnavailable(f"unknown voice.recognizer {kind!r} (faster_whisper, vosk, remote or none)")
+
+
+_shared: dict[str, Recognizer | None] = {}
+_shared_errors: dict[str, str] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_recognizer(config: VoiceConfig, env: Mapping[str, str] | None = None,
+                      model_dir: Path | None = None) -> Recognizer | None:
+    """One recogniser per process (the model is big): built on first use, then reused.
+
+    Returns None when none can be built; the reason is logged once and kept in `unavailable_reason`.
+    Callers then fall back to keypad, touch and Twilio's own speech recognition.
+    """
+    key = f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}"
+    with _shared_lock:
+        if key not in _shared:
+            try:
+                _shared[key] = build_recognizer(config, env, model_dir)
+            except RecognizerUnavailable as exc:
+                _shared[key], _shared_errors[key] = None, str(exc)
+                log.warning("speech recognition unavailable: %s — using keys and Twilio's recogniser", exc)
+        return _shared[key]
+
+
+def unavailable_reason(config: VoiceConfig) -> str | None:
+    key = f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}"
+    return _shared_errors.get(key)
+
+
+class DecodePool:
+    """Runs recognition on worker threads so a webhook thread only waits with a deadline.
+
+    CTranslate2 releases the GIL while decoding, so a request thread stays responsive; on 2 cores
+    one worker is right (more workers only queue for the same cores).
+    """
+
+    def __init__(self, recognizer: Recognizer, workers: int = 1) -> None:
+        self.recognizer = recognizer
+        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="asr")
+
+    def submit(self, audio: Audio, expect: Expectation | None = None) -> Future[Transcript]:
+        return self._executor.submit(self.recognizer.transcribe, audio, expect)
+
+    def transcribe(self, audio: Audio, expect: Expectation | None = None, timeout: float = 10.0) -> Transcript:
+        """Result within `timeout` seconds, else TimeoutError (the caller answers with a re-prompt)."""
+        future = self.submit(audio, expect)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout as exc:
+            future.cancel()
+            raise TimeoutError(f"recognition took longer than {timeout:.1f} s") from exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
