@@ -16,7 +16,7 @@ from assistant.nlu.pipeline import NLU, NLUSettings
 from core_fixtures import FakeClock
 
 TRAINING = {text for text, _ in load_training_data(ROOT / "nlu_data").examples}
-LEXICON = Normalizer(Lexicon.load(ROOT / "nlu_data" / "normalization.yml"))
+LEXICON = Normalizer(Lexicon.load(ROOT / "lexicon" / "normalization.yml"))
 # Surface form for overlap checks: width, script, case and punctuation only (the lexicon would
 # also merge different spellings, which is what the model is meant to learn).
 SURFACE = Normalizer(Lexicon())
@@ -73,7 +73,7 @@ def test_normalizer(raw, expected_part):
 
 
 def test_dialect_and_homophone_lexicon_entries_apply():
-    doc = Lexicon.load(ROOT / "nlu_data" / "normalization.yml")  # without derived abbreviations
+    doc = Lexicon.load(ROOT / "lexicon" / "normalization.yml")  # without derived abbreviations
     assert len(doc.replacements) > 50
     # every entry maps when said on its own
     for key, value in doc.replacements.items():
