@@ -87,6 +87,14 @@ class ResidentRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class ActingForRefused(Exception):
+    """Raised by a backend when a family member files for a senior without a grant that covers
+    it. `how_to_ask` tells them, in words a resident reads, how to get one."""
+
+    reason: str = ""
+    how_to_ask: str = ""
+
+
 class ServiceBackend(Protocol):
     def submit_case(self, request: CaseRequest) -> CaseReceipt: ...
 

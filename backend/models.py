@@ -17,12 +17,14 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     event,
     select,
 )
@@ -49,7 +51,11 @@ STATUSES: dict[str, tuple[str, ...]] = {
         "approved", "rejected", "completed", "cancelled",
     ),
     "booking": ("booked", "confirmed", "in_service", "completed", "cancelled", "no_show"),
-    "ticket": ("received", "assigned", "in_progress", "resolved", "closed", "rejected"),
+    # The report → route → handle → feedback loop; transitions in backend.tickets.TRANSITIONS.
+    "ticket": (
+        "received", "categorised", "routed", "accepted", "in_progress", "resolved",
+        "rated", "closed", "rejected", "duplicate", "reopened", "cancelled",
+    ),
     "handoff": ("waiting", "taken", "closed"),
 }
 # What residents and staff see for each status code.
@@ -67,7 +73,11 @@ STATUS_LABELS_ZH: dict[str, str] = {
     "in_service": "服务中",
     "no_show": "未到场",
     "received": "已收到",
-    "assigned": "已派单",
+    "categorised": "已分类",
+    "routed": "已派单",
+    "rated": "已评价",
+    "duplicate": "已合并",
+    "reopened": "重新处理",
     "in_progress": "处理中",
     "resolved": "已解决",
     "closed": "已结束",
@@ -162,7 +172,11 @@ class Booking(CaseColumns, Base):
 
 
 class Ticket(CaseColumns, Base):
-    """report_issue. Generic for now; media, routing and geo come in a later revision."""
+    """report_issue (conversation) and 拍一拍 photo reports (SMS/MMS, Open311).
+
+    `category` is how it came in (the form name, "photo_report", "open311"); `service_code`
+    is the taxonomy category it was sorted into (config.yml `tickets.taxonomy`).
+    """
 
     __tablename__ = "tickets"
 
@@ -172,6 +186,122 @@ class Ticket(CaseColumns, Base):
     fields_enc: Mapped[str | None] = mapped_column(Text)
     grid_id: Mapped[str | None] = mapped_column(String(32), index=True)
     department: Mapped[str | None] = mapped_column(String(64))
+    service_code: Mapped[str | None] = mapped_column(String(32), index=True)
+    # Where the problem is (not where the resident lives): public, so Open311 and duplicate
+    # detection can use it. `place` is coarse (小区 + 楼), never a room number.
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    place: Mapped[str | None] = mapped_column(String(120))
+    location_source: Mapped[str | None] = mapped_column(String(16))  # exif / text / reply / staff
+    contact_enc: Mapped[str | None] = mapped_column(Text)  # the number status SMS go to
+    ocr_text_enc: Mapped[str | None] = mapped_column(Text)
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    rating: Mapped[int | None]
+    awaiting: Mapped[str | None] = mapped_column(String(16))  # "location": a question is out
+    intake_until: Mapped[datetime | None]  # photos sent one by one join this report until then
+    status_note: Mapped[str | None] = mapped_column(Text)  # public, masked (Open311 status_notes)
+
+
+class TicketMedia(Base):
+    """A photo of a report (role "report") or of the fix (role "resolution").
+
+    The file lives content-addressed under DATA_DIR/media/<sha256[:2]>/<sha256>.<ext> with its
+    EXIF removed; the GPS read from it before stripping is kept here.
+    """
+
+    __tablename__ = "ticket_media"
+    __table_args__ = (UniqueConstraint("ticket_id", "position", name="uq_ticket_media_ticket_position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16), default="report")
+    source_url_enc: Mapped[str | None] = mapped_column(Text)  # provider URLs are capabilities
+    declared_type: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16))  # pending / stored / rejected
+    error: Mapped[str | None] = mapped_column(String(32))
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    content_type: Mapped[str | None] = mapped_column(String(32))
+    size: Mapped[int | None]
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    ocr_text_enc: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmsInbound(Base):
+    """Every accepted inbound SMS/MMS, keyed by Twilio's MessageSid: a redelivered webhook
+    finds its row and gets the stored answer, creating nothing new."""
+
+    __tablename__ = "sms_inbound"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    from_hash: Mapped[str] = mapped_column(String(64), index=True)
+    body_enc: Mapped[str | None] = mapped_column(Text)
+    num_media: Mapped[int] = mapped_column(Integer, default=0)
+    route: Mapped[str] = mapped_column(String(16))  # conversation / report / keyword / location / rejected
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"), index=True)
+    reply_enc: Mapped[str | None] = mapped_column(Text)  # JSON list of SMS segments answered
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmsOutbox(Base):
+    """Durable outbound SMS. A worker drains due rows (send_state pending, next_attempt_at
+    passed, or a `sending` lease that expired because its worker died) with back-off."""
+
+    __tablename__ = "sms_outbox"
+    __table_args__ = (Index("ix_sms_outbox_due", "send_state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    to_hash: Mapped[str] = mapped_column(String(64), index=True)
+    to_enc: Mapped[str] = mapped_column(Text)
+    body_enc: Mapped[str] = mapped_column(Text)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"), index=True)
+    send_state: Mapped[str] = mapped_column(String(16))  # pending / sending / sent / failed / suppressed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    locked_until: Mapped[datetime | None]
+    provider_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    delivery_status: Mapped[str | None] = mapped_column(String(16))  # Twilio MessageStatus
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmsOptOut(Base):
+    """TD/退订 honoured per number; 开通 turns messages back on. Changes are audited."""
+
+    __tablename__ = "sms_optouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean)
+    message_sid: Mapped[str | None] = mapped_column(String(64))
+    changed_at: Mapped[datetime]
+
+
+class Job(Base):
+    """Background work (backend.jobs): at-least-once, so every handler is idempotent. Payloads
+    carry row ids only, never personal data."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "state", "run_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # queued / running / done / failed
+    run_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None]
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Handoff(CaseColumns, Base):

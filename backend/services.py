@@ -27,6 +27,7 @@ from assistant.ports import (
 )
 from assistant.privacy import mask_phone, mask_text
 from backend.crypto import FieldCipher
+from backend.jobs import enqueue_in
 from backend.models import (
     CASE_MODELS,
     STATUSES,
@@ -131,6 +132,14 @@ class StoreBackend:
         self._cipher = cipher
         self._clock = clock
         self._max_attempts = max_attempts
+
+    @property
+    def session_factory(self) -> Callable[[], Session]:
+        return self._sessions
+
+    @property
+    def cipher(self) -> FieldCipher:
+        return self._cipher
 
     # --- plumbing --------------------------------------------------------------------------
     def _now(self) -> datetime:
@@ -314,12 +323,18 @@ class StoreBackend:
                     location_enc=self._cipher.encrypt(None if location is None else str(location)),
                     fields_enc=self._cipher.encrypt_json(fields),
                     grid_id=resident.grid_id if resident else None,
+                    # Status SMS of the ticket loop go to the number the resident gave.
+                    contact_enc=self._cipher.encrypt(_clean(request.subject.phone)),
                 )
             else:
                 row = model(**common, fields_enc=self._cipher.encrypt_json(fields))
             session.add(row)
             session.flush()  # unique clash on reference / idempotency key surfaces here
             self._status_event(session, entity_type, row.id, None, status, actor, now)
+            if isinstance(row, Ticket):
+                # Into the categorise → route loop (backend.tickets), committed with the ticket.
+                enqueue_in(session, "ticket.process", {"ticket_id": row.id}, now,
+                           dedupe_key=f"ticket.process:{row.id}", now=now)
             audits.append(
                 {
                     "action": "create",

@@ -7,12 +7,16 @@ from collections.abc import Callable
 from flask import Blueprint, Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from channels import rest, twilio_voice
+from channels import console, kiosk, open311, rest, sensors, staff_api, staff_console, twilio_sms, twilio_voice
 
 log = logging.getLogger(__name__)
 
 # Add a channel: write channels/<name>.py with make_blueprint(runtime), list it here.
-CHANNELS: list[Callable[..., Blueprint]] = [rest.make_blueprint, twilio_voice.make_blueprint]
+CHANNELS: list[Callable[..., Blueprint]] = [
+    rest.make_blueprint, twilio_voice.make_blueprint, kiosk.make_blueprint,
+    twilio_sms.make_blueprint, staff_api.make_blueprint, staff_console.make_blueprint, open311.make_blueprint,
+    sensors.make_blueprint, console.make_blueprint,
+]
 
 
 def create_app(runtime) -> Flask:

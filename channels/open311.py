@@ -104,7 +104,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
                 wanted = sorted(CLOSED)
             elif status == "open":
                 wanted = sorted({"received", "categorised", "routed", "accepted", "in_progress", "reopened"})
-            views = desk.list(status=wanted, service_code=args.get("service_code") or None, since=since,
+            views = desk.search(status=wanted, service_code=args.get("service_code") or None, since=since,
                               until=until, limit=1000)
         return jsonify([request_json(v) for v in views])
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -32,14 +34,15 @@ def _error(code: str, detail: str, status: int):
     return jsonify({"error": code, "detail": detail}), status
 
 
-def ticket_json(view: TicketView, *, private: bool = False) -> dict[str, Any]:
+def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], *, private: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "reference": view.reference, "status": view.status, "status_label": status_label(view.status),
         "service_code": view.service_code, "category": view.category_name, "department": view.department,
         "place": view.place, "lat": view.latitude, "long": view.longitude, "channel": view.channel,
         "created_at": view.created_at.isoformat(), "updated_at": view.updated_at.isoformat(),
         "status_note": view.status_note, "rating": view.rating, "duplicate_of": view.duplicate_of,
-        "media": [{"sha256": sha, "role": role} for sha, role in view.media],
+        "media": [{"sha256": sha, "role": role, "url": f"/open311/media/{path.name}"}
+                  for sha, role in view.media if (path := media_path(sha)) is not None],
     }
     if private:
         out["private"] = dict(view.private)
@@ -52,8 +55,11 @@ def make_blueprint(runtime: Any) -> Blueprint:
     desk = ticket_loop_for(runtime).desk
     token = runtime.settings.env.get("STAFF_API_TOKEN") or ""
 
+    photo_limit = desk.media.policy.max_bytes + 64 * 1024
+
     @bp.before_request
     def authorise():
+        request.max_content_length = photo_limit  # a fix photo is bigger than the app's 1 MB webhook cap
         given = request.headers.get("Authorization", "")
         if not token or not given.startswith("Bearer ") or not hmac.compare_digest(given[7:], token):
             return _error("forbidden", "staff token missing or wrong", 403)
@@ -66,17 +72,17 @@ def make_blueprint(runtime: Any) -> Blueprint:
     @bp.get("/tickets")
     def list_tickets():
         status = [s for s in request.args.get("status", "").split(",") if s]
-        views = desk.list(status=status or None, department=request.args.get("department") or None,
+        views = desk.search(status=status or None, department=request.args.get("department") or None,
                           triage=request.args.get("triage") == "1",
                           limit=min(500, int(request.args.get("limit", "100") or 100)))
-        return jsonify([ticket_json(v) for v in views])
+        return jsonify([ticket_json(v, desk.media.find) for v in views])
 
     @bp.get("/tickets/<reference>")
     def get_ticket(reference: str):
         view = desk.view(reference, actor=actor())
         if view is None:
             return _error("not_found", f"no ticket {reference}", 404)
-        return jsonify(ticket_json(view, private=True))
+        return jsonify(ticket_json(view, desk.media.find, private=True))
 
     @bp.post("/tickets/<reference>/<action>")
     def act(reference: str, action: str):
@@ -107,6 +113,6 @@ def make_blueprint(runtime: Any) -> Blueprint:
             return _error("invalid_photo", exc.code, 413 if exc.code == "too_large" else 415)
         except ValueError as exc:
             return _error("invalid_request", str(exc), 400)
-        return jsonify(ticket_json(view))
+        return jsonify(ticket_json(view, desk.media.find))
 
     return bp

@@ -43,19 +43,23 @@ def run_chat(runtime, stdin: TextIO, stdout: TextIO, sender: str = "terminal", p
             break
 
 
-def run_call(runtime, stdin: TextIO, stdout: TextIO, caller: str | None = None, sender: str = "terminal-call") -> None:
+
+def run_call(runtime, stdin: TextIO, stdout: TextIO, caller: str | None = None, sender: str = "CAterminal0001") -> None:
     """`python -m assistant call`: a phone call in the terminal, for staff training. Type keys
     (digits, *, #; a long number ends with #) or words as the caller would say them."""
-    from assistant.ivr import CallInput, IvrFlow, IvrNavigator
+    from assistant.ivr import CallInput, IvrFlow
+    from channels.phone_call import PhoneCall
 
-    flow = IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml")
-    nav = IvrNavigator(flow)
-    assistant = runtime.assistant
-    assistant.reset("voice", sender)
-    step, expects, tries = flow.start, None, 0
+    phone = PhoneCall(runtime, IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml"))
+    runtime.assistant.reset("voice", sender)
     stdout.write("（模拟来电：输入按键如 1、0、#，或直接输入要说的话；/hangup 挂机）\n")
-    stdout.write(f"热线：{flow.greeting}{flow.steps[step].prompt}\n")
+    step = phone.greet(sender, caller)
     while True:
+        stdout.write("热线：" + "".join(step.say) + "\n")
+        if step.next == "person":
+            stdout.write("（转接工作人员）\n")
+        if step.next != "listen":
+            break
         stdout.write("来电人：")
         stdout.flush()
         line = stdin.readline()
@@ -64,21 +68,5 @@ def run_call(runtime, stdin: TextIO, stdout: TextIO, caller: str | None = None, 
         text = line.strip()
         is_keys = bool(text) and all(ch in "0123456789*#" for ch in text)
         value = CallInput(digits=text if is_keys else "", speech="" if is_keys else text)
-        outcome = nav.in_conversation(expects, value, tries) if step == "conv" else nav.at_menu(step, value, tries)
-        said = list(outcome.say)
-        if outcome.kind == "menu":
-            step, tries = outcome.step or flow.start, outcome.tries
-            stdout.write(f"热线：{''.join(said)}{flow.steps[step].prompt}\n")
-            continue
-        if outcome.kind in {"end", "human"}:
-            ending = nav.message("to_human") if outcome.kind == "human" else nav.message("goodbye")
-            stdout.write(f"热线：{''.join(said)}{ending}\n")
-            break
-        message = outcome.text or ("/repeat" if outcome.meta.get("silence") else "")
-        replies = assistant.handle(UserMessage(sender_id=sender, text=message, channel="voice", phone=caller))
-        stdout.write("热线：" + "".join([*said, *[r.speech or r.text for r in replies]]) + "\n")
-        last = replies[-1]
-        if any(r.handoff for r in replies) or last.end_session:
-            break
-        step, expects, tries = ("conv", last.expects, outcome.tries) if last.expects not in {None, "menu"} \
-            else (flow.start, None, 0)
+        step = phone.heard(sender, caller, step.step or "main", step.expects, step.tries, value)
+    runtime.calls.end(sender, "completed")

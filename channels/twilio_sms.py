@@ -9,7 +9,7 @@ Every request must carry a valid X-Twilio-Signature (403 otherwise, logged); tur
 off is the explicit development setting TWILIO_SKIP_SIGNATURE=1. The webhook does no slow
 work: it records the message, creates or extends the report and enqueues the job in one
 transaction, and answers with the reference at once. A redelivered MessageSid gets the stored
-answer and creates nothing.
+answer and creates nothing (each path looks up the MessageSid first, inside its transaction).
 
 What a message is, in this order: TD/退订 and 开通 (always honoured); photos (a 拍一拍 report);
 keywords (进度/查询 + ref, 评价 1–5, 取消, 0/人工); the answer to "在哪个小区哪栋楼？"; words
@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, request
-from sqlalchemy import select
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
-from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
 from assistant.types import Reply, UserMessage
-from backend.models import SmsInbound, SmsOptOut
 from backend.outbox import SendError, SendResult, SmsSender
 from backend.sms_format import e164, mainland_mobile, segments
-from backend.tickets import IncomingMedia, IntakeResult, TicketDesk, _Unit
+from backend.sms_inbox import SmsInbox
+from backend.tickets import IncomingMedia, IntakeResult, TicketDesk, UnitOfWork
+from channels.twilio_signature import TwilioSignature
+from runtime.cli_alerts import alert_desk_for
 from runtime.ticket_loop import TwilioConfig, ticket_loop_for
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class InboundSms:
     body: str
     media: tuple[IncomingMedia, ...]
     num_media: int
+    from_hash: str  # blind index of the sender, computed once (HMAC-SM3 is the dearest step here)
 
 
 def clean_body(text: str) -> str:
@@ -152,17 +153,13 @@ class SmsHandler:
         self.runtime = runtime
         self.loop = ticket_loop_for(runtime)
         self.desk: TicketDesk = self.loop.desk
-        self.cipher = self.loop.cipher
+        self.inbox = SmsInbox(self.loop.cipher)
         self.assistant = runtime.assistant
         self.max_text = self.desk.settings.max_text_chars
 
     # -- entry -------------------------------------------------------------------------------------
     def stored_reply(self, message_sid: str) -> list[str] | None:
-        def work(unit: _Unit) -> list[str] | None:
-            row = unit.session.scalar(select(SmsInbound).where(SmsInbound.message_sid == message_sid))
-            return None if row is None else list(self.cipher.decrypt_json(row.reply_enc) or [])
-
-        return self.desk.run(work)
+        return self.desk.run(lambda unit: self.inbox.answered(unit, message_sid))
 
     def handle(self, msg: InboundSms) -> list[str]:
         word = _keyword(msg.body)
@@ -180,9 +177,18 @@ class SmsHandler:
             return self._rate(msg, _RATE_RE.match(word))
         if (match := _CANCEL_RE.match(word)) and not self._in_conversation_form(msg):
             result = self._in_unit(msg, "keyword", lambda u: self.desk.cancel_recent(
-                u, self.desk.phone_hash(msg.sender), match.group(1)))
+                u, msg.from_hash, match.group(1)))
             if result is not None:
                 return result
+        proxies = getattr(self.runtime, "proxies", None)
+        if proxies is not None:  # 同意/不同意/取消代办 from a senior or family member
+            outcome = proxies.handle_sms(msg.sender, msg.body)
+            if outcome.handled:
+                return self._answer(msg, "keyword", outcome.reply or "")
+        if not self._in_conversation_form(msg):  # "1"/"收到" from someone told about a care alert
+            ack = alert_desk_for(self.runtime).acknowledge(msg.sender, msg.body, "sms")
+            if ack is not None:
+                return self._answer(msg, "alert", ack.reply)
         if word in {"0", "人工"}:
             return self._conversation(msg, "人工")
         routed = self._in_unit(msg, "location", lambda u: self._report_followup(u, msg))
@@ -191,23 +197,18 @@ class SmsHandler:
         return self._conversation(msg, msg.body)
 
     # -- paths ---------------------------------------------------------------------------------------
-    def _record(self, unit: _Unit, msg: InboundSms, route: str, reply: list[str], ticket_id: int | None) -> None:
-        unit.session.add(SmsInbound(
-            message_sid=msg.message_sid, from_hash=self.desk.phone_hash(msg.sender),
-            body_enc=self.cipher.encrypt(msg.body[:2000] or None), num_media=msg.num_media, route=route,
-            ticket_id=ticket_id, reply_enc=self.cipher.encrypt_json(reply), created_at=unit.now,
-        ))
-        unit.session.flush()  # a concurrent redelivery clashes here; run() retries and finds it
+    def _record(self, unit: UnitOfWork, msg: InboundSms, route: str, reply: list[str], ticket_id: int | None) -> None:
+        self.inbox.record(unit, message_sid=msg.message_sid, from_hash=msg.from_hash, body=msg.body,
+                          num_media=msg.num_media, route=route, reply=reply, ticket_id=ticket_id)
 
-    def _existing(self, unit: _Unit, msg: InboundSms) -> list[str] | None:
-        row = unit.session.scalar(select(SmsInbound).where(SmsInbound.message_sid == msg.message_sid))
-        return None if row is None else list(self.cipher.decrypt_json(row.reply_enc) or [])
+    def _existing(self, unit: UnitOfWork, msg: InboundSms) -> list[str] | None:
+        return self.inbox.answered(unit, msg.message_sid)
 
     def _in_unit(self, msg: InboundSms, route: str,
-                 action: Callable[[_Unit], IntakeResult | None]) -> list[str] | None:
+                 action: Callable[[UnitOfWork], IntakeResult | None]) -> list[str] | None:
         """Runs a ticket action and records the message with its answer in one transaction."""
 
-        def work(unit: _Unit) -> list[str] | None:
+        def work(unit: UnitOfWork) -> list[str] | None:
             existing = self._existing(unit, msg)
             if existing is not None:
                 return existing
@@ -221,7 +222,7 @@ class SmsHandler:
         return self.desk.run(work)
 
     def _answer(self, msg: InboundSms, route: str, text: str) -> list[str]:
-        def work(unit: _Unit) -> list[str]:
+        def work(unit: UnitOfWork) -> list[str]:
             existing = self._existing(unit, msg)
             if existing is not None:
                 return existing
@@ -232,21 +233,13 @@ class SmsHandler:
         return self.desk.run(work)
 
     def _opt(self, msg: InboundSms, *, opted_out: bool) -> list[str]:
-        def work(unit: _Unit) -> list[str]:
+        def work(unit: UnitOfWork) -> list[str]:
             existing = self._existing(unit, msg)
             if existing is not None:
                 return existing
-            phone_hash = self.desk.phone_hash(msg.sender)
-            row = unit.session.scalar(select(SmsOptOut).where(SmsOptOut.phone_hash == phone_hash).with_for_update())
-            if row is None:
-                row = SmsOptOut(phone_hash=phone_hash, opted_out=opted_out, changed_at=unit.now)
-                unit.session.add(row)
-            row.opted_out, row.message_sid, row.changed_at = opted_out, msg.message_sid, unit.now
-            unit.session.flush()
+            self.inbox.set_opt_out(unit, from_hash=msg.from_hash, message_sid=msg.message_sid, opted_out=opted_out)
             reply = segments(self.desk.text("opted_out" if opted_out else "opted_in"))
             self._record(unit, msg, "keyword", reply, None)
-            unit.audit("resident:sms", "update", row.id, entity_type="sms_optout",
-                       opted_out=opted_out, message_sid=msg.message_sid)
             return reply
 
         return self.desk.run(work)
@@ -264,11 +257,11 @@ class SmsHandler:
             return self._answer(msg, "rejected", self.desk.text("ack_media_refused"))
         body = msg.body[: self.max_text]
         result = self._in_unit(msg, "report", lambda u: self.desk.intake_photos(
-            u, msg.sender, msg.message_sid, body, media))
+            u, msg.sender, msg.message_sid, body, media, phone_hash=msg.from_hash))
         return result or []
 
-    def _report_followup(self, unit: _Unit, msg: InboundSms) -> IntakeResult | None:
-        phone_hash = self.desk.phone_hash(msg.sender)
+    def _report_followup(self, unit: UnitOfWork, msg: InboundSms) -> IntakeResult | None:
+        phone_hash = msg.from_hash
         waiting = self.desk.awaiting_location(unit, phone_hash)
         if waiting is not None and self._looks_like_place(msg.body):
             return self.desk.answer_location(unit, waiting, msg.body)
@@ -309,11 +302,11 @@ class SmsHandler:
         raw = match.group(1)
         score = int(raw) if raw.isdigit() else _CN_DIGITS[raw]
 
-        def work(unit: _Unit) -> list[str]:
+        def work(unit: UnitOfWork) -> list[str]:
             existing = self._existing(unit, msg)
             if existing is not None:
                 return existing
-            text = self.desk.rate(unit, self.desk.phone_hash(msg.sender), score, match.group(2))
+            text = self.desk.rate(unit, msg.from_hash, score, match.group(2))
             reply = segments(text)
             self._record(unit, msg, "keyword", reply, None)
             return reply
@@ -321,6 +314,9 @@ class SmsHandler:
         return self.desk.run(work)
 
     def _conversation(self, msg: InboundSms, text: str) -> list[str]:
+        stored = self.stored_reply(msg.message_sid)
+        if stored is not None:  # an older turn redelivered: the core must not take it again
+            return stored
         key = f"sms-channel:{msg.sender}"
         state = self.runtime.sessions.load(key) or {}
         expects = state.get("expects")
@@ -346,29 +342,13 @@ def twiml(reply: Sequence[str]) -> Response:
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     handler = SmsHandler(runtime)
-    config = handler.loop.twilio
-    validator = RequestValidator(config.auth_token) if config.auth_token else None
-    if config.skip_signature:
-        log.warning("TWILIO_SKIP_SIGNATURE=1: webhook signatures are NOT checked (development only)")
-    elif validator is None:
-        log.warning("TWILIO_AUTH_TOKEN is not set: every Twilio webhook will be refused (403)")
+    signature = TwilioSignature(handler.loop.twilio, NAME)
 
     def signed() -> bool:
-        if config.skip_signature:
-            return True
-        signature = request.headers.get("X-Twilio-Signature", "")
-        if validator is None or not signature:
-            return False
-        url = request.url
-        if config.public_base_url:
-            query = request.query_string.decode("latin-1")
-            url = config.public_base_url + request.path + (f"?{query}" if query else "")
-        return bool(validator.validate(url, request.form, signature))
+        return signature.ok(request)
 
     def refuse() -> Response:
-        log.warning("refused Twilio webhook %s: bad or missing X-Twilio-Signature (from %s)",
-                    request.path, request.remote_addr)
-        return Response("invalid signature", status=403, mimetype="text/plain")
+        return signature.refuse(request)
 
     def bad(detail: str) -> Response:
         return Response(detail, status=400, mimetype="text/plain")
@@ -390,15 +370,12 @@ def make_blueprint(runtime: Any) -> Blueprint:
             return bad("NumMedia is not a number")
         if not 0 <= num_media <= MAX_MEDIA:
             return bad("NumMedia out of range")
-        stored = handler.stored_reply(sid)
-        if stored is not None:
-            return twiml(stored)
         media = tuple(
             IncomingMedia(url, (form.get(f"MediaContentType{i}") or "").strip())
             for i in range(num_media) if (url := (form.get(f"MediaUrl{i}") or "").strip())
         )
         message = InboundSms(sid, sender, mainland_mobile(sender), clean_body(form.get("Body") or ""),
-                             media, num_media)
+                             media, num_media, handler.desk.phone_hash(sender))
         try:
             return twiml(handler.handle(message))
         except Exception:

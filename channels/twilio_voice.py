@@ -9,7 +9,9 @@ POST /webhooks/twilio/voice/status          call status callback → call record
 
 Stateless: the conversation lives in the session store under the CallSid, what the call waits
 for travels in the action URL, so any worker takes the next webhook. Every answer is valid TwiML:
-an error says sorry and offers a person — never an HTTP 500 to the carrier.
+an error says sorry and offers a person — never an HTTP 500 to the carrier. When config.yml asks
+for our own recogniser (voice.phone_recognizer: local), the call is handed to a Media Stream
+(twilio_media.py) instead of <Gather>.
 """
 from __future__ import annotations
 
@@ -19,45 +21,54 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, request
-from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
+from flask import Blueprint, Response, request, send_file
+from twilio.twiml.voice_response import Connect, Dial, Gather, VoiceResponse
 
 from assistant.config import Settings
-from assistant.ivr import CallInput, IvrFlow, IvrNavigator, IvrOutcome
+from assistant.ivr import CallInput, IvrFlow
 from assistant.privacy import mask_phone
-from assistant.types import Reply, UserMessage
 from backend.sms_format import mainland_mobile
+from channels.phone_call import CallStep, PhoneCall
 from channels.twilio_signature import TwilioSignature
 from runtime.ticket_loop import TwilioConfig
+from runtime.voice_services import voice_services
 
 log = logging.getLogger(__name__)
 
 NAME = "twilio_voice"
-CHANNEL = "voice"
 BASE = "/webhooks/twilio/voice"
-PENDING_TTL = 600
+TTS_PATH = "/voice/tts"  # cached prompt audio; names are content hashes, fetched by Twilio
 
 
-class VoiceCall:
-    """Turns navigator outcomes and core replies into TwiML for one webhook."""
+class TwimlRenderer:
+    """Prompts are our own cached espeak-ng audio (<Play>) or the carrier's voice (<Say>)."""
 
-    def __init__(self, runtime: Any, flow: IvrFlow, agent_number: str | None) -> None:
-        self.runtime = runtime
+    def __init__(self, flow: IvrFlow, agent_number: str | None, stream_url: str | None = None,
+                 speech_file: Callable[[str], Any] | None = None) -> None:
         self.flow = flow
-        self.nav = IvrNavigator(flow)
         self.agent_number = agent_number
-        self.calls = runtime.calls
+        self.stream_url = stream_url
+        self.speech_file = speech_file  # text → cached WAV path, when prompts are played
 
-    # -- TwiML pieces -------------------------------------------------------------------------
-    def _say(self, parent: Any, text: str) -> None:
+    def say(self, parent: Any, text: str) -> None:
         if not text:
             return
+        if self.speech_file is not None:
+            try:
+                path = self.speech_file(text)
+            except Exception:  # a broken local voice must not silence the call: fall back to <Say>
+                log.warning("local TTS failed; using <Say>", exc_info=True)
+                path = None
+            if path is not None:
+                parent.play(f"{TTS_PATH}/{path.name}")
+                return
         say = parent.say("", language=self.flow.say.get("language", "cmn-CN"), voice=self.flow.say.get("voice"))
         say.prosody(text, rate=self.flow.say.get("rate", "85%"))
 
-    def _gather(self, response: VoiceResponse, sentences: Sequence[str], **query: Any) -> None:
-        long_answer = query.get("expects") in self.flow.digit_slots
+    def _gather(self, response: VoiceResponse, step: CallStep) -> None:
         settings = self.flow.gather
+        long_answer = step.expects in self.flow.digit_slots
+        query = {"step": step.step, "expects": step.expects, "tries": step.tries}
         gather = Gather(
             input="dtmf speech",
             language=settings.get("language", "zh-CN"),
@@ -68,129 +79,41 @@ class VoiceCall:
             action_on_empty_result=True,
             **({"finish_on_key": settings.get("digits_finish_key", "#")} if long_answer else {"num_digits": 1}),
         )
-        if query.get("step") in self.flow.steps:
-            hints = [option.get("intent", "") for option in self.flow.steps[query["step"]].options.values()]
-            gather.hints = ",".join(h for h in hints if h) or None
-        for sentence in sentences:
-            self._say(gather, sentence)
+        for sentence in step.say:
+            self.say(gather, sentence)
         response.append(gather)
 
-    def menu(self, step: str, say: Sequence[str] = (), tries: int = 0) -> VoiceResponse:
-        response = VoiceResponse()
-        self._gather(response, [*say, self.flow.steps[step].prompt], step=step, tries=tries)
-        return response
-
-    def human(self, call_sid: str, caller: str | None, say: Sequence[str] = (), reason: str = "user_request",
-              reference: str | None = None) -> VoiceResponse:
-        response = VoiceResponse()
-        for sentence in say:
-            self._say(response, sentence)
-        if reference is None:  # keys (0) bypass the core: still leave a handoff record for staff
-            replies = self._core(call_sid, caller, "/request_human")
-            reference = next((r.reference for r in replies if r.reference), None)
-            if not any(r.live_agent for r in replies):
-                for reply in replies:
-                    self._say(response, reply.speech or reply.text)
-                response.hangup()
-                return response
-        self.calls.step(call_sid, "human", outcome="handoff", handoff_reference=reference)
-        return self._dial(response, reference)
-
-    def _dial(self, response: VoiceResponse, reference: str | None) -> VoiceResponse:
+    def dial(self, response: VoiceResponse, reference: str | None, no_agent: str) -> None:
         if not self.agent_number:
-            self._say(response, self.nav.message("no_agent"))
+            self.say(response, no_agent)
             response.hangup()
-            return response
-        self._say(response, self.nav.message("to_human"))
+            return
         dial = Dial(action=f"{BASE}/dial-done", method="POST", timeout=30)
         dial.number(self.agent_number, url=f"{BASE}/whisper?{urlencode({'ref': reference or ''})}", method="POST")
         response.append(dial)
-        return response
 
-    def end(self, say: Sequence[str] = ()) -> VoiceResponse:
+    def render(self, step: CallStep, no_agent: str) -> VoiceResponse:
         response = VoiceResponse()
-        for sentence in [*say, self.nav.message("goodbye")]:
-            self._say(response, sentence)
-        response.hangup()
+        if step.next == "listen":
+            self._gather(response, step)
+            return response
+        for sentence in step.say:
+            self.say(response, sentence)
+        if step.next == "person":
+            self.dial(response, step.reference, no_agent)
+        else:
+            response.hangup()
         return response
 
-    # -- the conversational core ----------------------------------------------------------------
-    def _core(self, call_sid: str, caller: str | None, text: str) -> list[Reply]:
-        message_id = request.headers.get("I-Twilio-Idempotency-Token") or None
-        replies = self.runtime.assistant.handle(
-            UserMessage(sender_id=call_sid, text=text, channel=CHANNEL, phone=caller, message_id=message_id)
-        )
-        self.calls.step(call_sid, "core", said=[("caller", text), *[("assistant", r.text) for r in replies]])
-        return replies
-
-    def converse(self, call_sid: str, caller: str | None, text: str, say: Sequence[str] = (),
-                 tries: int = 0) -> VoiceResponse:
-        replies = self._core(call_sid, caller, text)
-        last = replies[-1]
-        spoken = [*say, *[r.speech or r.text for r in replies]]
-        if any(r.handoff for r in replies):
-            reference = next((r.reference for r in replies if r.reference), None)
-            self.calls.step(call_sid, "handoff", outcome="handoff", handoff_reference=reference)
-            if any(r.live_agent for r in replies):
-                response = VoiceResponse()
-                for sentence in spoken:
-                    self._say(response, sentence)
-                return self._dial(response, reference)
-            return self.end(spoken)
-        if last.end_session:
-            return self.end(spoken)
+    def stream(self, call_sid: str, caller: str | None) -> VoiceResponse:
+        """Hand the call to our own recogniser; when the stream ends, ask what to do next."""
         response = VoiceResponse()
-        if last.expects in {None, "menu"}:
-            self._gather(response, [*spoken, self.nav.message("more")], step=self.flow.start)
-            return response
-        self._gather(response, spoken, step="conv", expects=last.expects, tries=tries)
+        connect = Connect()
+        stream = connect.stream(url=self.stream_url)
+        stream.parameter(name="caller", value=caller or "")
+        response.append(connect)
+        response.redirect(f"{BASE}/after-stream", method="POST")
         return response
-
-    def follow(self, outcome: IvrOutcome, call_sid: str, caller: str | None, expects: str | None,
-               step: str | None) -> VoiceResponse:
-        self.calls.step(call_sid, outcome.kind if outcome.kind != "menu" else f"menu:{outcome.step}")
-        if outcome.kind == "human":
-            return self.human(call_sid, caller, outcome.say, reason=outcome.meta.get("reason", "user_request"))
-        if outcome.kind == "end":
-            return self.end(outcome.say)
-        if outcome.kind == "menu":
-            return self.menu(outcome.step or self.flow.start, outcome.say, outcome.tries)
-        if outcome.kind == "confirm_speech":
-            self.runtime.sessions.save(f"ivr:{call_sid}", {"pending": outcome.text, "expects": expects,
-                                                           "step": step}, PENDING_TTL)
-            response = VoiceResponse()
-            self._gather(response, outcome.say, step="confirm", expects=expects)
-            return response
-        if outcome.meta.get("silence"):
-            return self.converse(call_sid, caller, "/repeat", [self.nav.message("no_input")], outcome.tries)
-        if outcome.meta.get("then") == "menu":  # * inside a form: drop it, back to the menu
-            replies = self._core(call_sid, caller, outcome.text or "/cancel")
-            return self.menu(self.flow.start, [replies[0].speech or replies[0].text])
-        return self.converse(call_sid, caller, outcome.text or "", outcome.say)
-
-
-def _safe(call: VoiceCall) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-    """Any failure still answers valid TwiML: an apology and a person (or a promised call back)."""
-
-    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Response:
-            try:
-                return view(*args, **kwargs)
-            except Exception:
-                log.exception("voice webhook failed")
-                response = VoiceResponse()
-                call._say(response, call.nav.message("error"))
-                if call.agent_number:
-                    response.dial(call.agent_number, timeout=30)
-                else:
-                    call._say(response, call.nav.message("no_agent"))
-                    response.hangup()
-                return _twiml(response)
-
-        return wrapper
-
-    return decorate
 
 
 def _twiml(response: VoiceResponse) -> Response:
@@ -210,63 +133,81 @@ def _input() -> CallInput:
 def make_blueprint(runtime: Any) -> Blueprint:
     settings: Settings = runtime.settings
     flow = IvrFlow.load(settings.root / "ivr_flows" / "main.yml")
-    call = VoiceCall(runtime, flow, settings.env.get("AGENT_NUMBER") or None)
+    phone = PhoneCall(runtime, flow)
+    voice_config = settings.config.get("voice") or {}
+    stream_url = settings.env.get("MEDIA_STREAM_URL") or None
+    use_stream = voice_config.get("phone_recognizer") == "local" and stream_url
+    prompts = settings.env.get("PHONE_PROMPTS") or flow.say.get("mode", "play")
+    speech_file = (lambda text: voice_services(runtime).speech_file(text)) if prompts == "play" else None
+    twiml = TwimlRenderer(flow, settings.env.get("AGENT_NUMBER") or None, stream_url, speech_file)
     signature = TwilioSignature(TwilioConfig.from_env(settings.env), NAME)
     bp = Blueprint(NAME, __name__)
-    safe = _safe(call)
+    no_agent = phone.nav.message("no_agent")
+
+    def safe(view: Callable[..., Response]) -> Callable[..., Response]:
+        """Any failure still answers valid TwiML: an apology and a person (or a promised call back)."""
+
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return view(*args, **kwargs)
+            except Exception:
+                log.exception("voice webhook failed")
+                return _twiml(twiml.render(CallStep((phone.nav.message("error"),), "person"), no_agent))
+
+        return wrapper
 
     def caller() -> str | None:
         return mainland_mobile(request.form.get("From") or "") or None
 
-    def call_sid() -> str | None:
-        sid = (request.form.get("CallSid") or "").strip()
-        return sid if sid.startswith("CA") and 10 < len(sid) <= 64 else None
+    def call_sid() -> str:
+        return (request.form.get("CallSid") or "").strip()
+
+    def render(step: CallStep) -> Response:
+        return _twiml(twiml.render(step, no_agent))
 
     @bp.before_request
     def check_signature() -> Response | None:
+        if request.path.startswith(TTS_PATH + "/"):
+            return None  # Twilio fetches <Play> audio with a plain GET
         if not signature.ok(request):
             return signature.refuse(request)
-        if call_sid() is None:
+        sid = call_sid()
+        if not (sid.startswith("CA") and 10 < len(sid) <= 64):
             return Response("CallSid missing or malformed", status=400, mimetype="text/plain")
         return None
 
     @bp.post(BASE)
     @safe
     def incoming() -> Response:
-        sid, phone = call_sid(), caller()
-        call.calls.start(sid, phone)
-        log.info("call %s from %s", sid, mask_phone(phone) if phone else "unknown")
-        if call.calls.direct_to_human(phone):
-            return _twiml(call.human(sid, phone, [flow.greeting]))
-        return _twiml(call.menu(flow.start, [flow.greeting]))
+        sid, number = call_sid(), caller()
+        log.info("call %s from %s", sid, mask_phone(number) if number else "unknown")
+        if use_stream:
+            phone.calls.start(sid, number)
+            return _twiml(twiml.stream(sid, number))
+        return render(phone.greet(sid, number))
 
     @bp.post(f"{BASE}/gather")
     @safe
     def gather() -> Response:
-        sid, phone = call_sid(), caller()
-        step = request.args.get("step", flow.start)
-        expects = request.args.get("expects") or None
         try:
             tries = max(0, min(int(request.args.get("tries", 0)), 10))
         except ValueError:
             tries = 0
-        value = _input()
-        if step == "confirm":
-            pending = runtime.sessions.load(f"ivr:{sid}") or {}
-            runtime.sessions.delete(f"ivr:{sid}")
-            said_yes = bool(value.speech) and runtime.assistant.parse(value.speech).intent.name == "affirm"
-            if value.digits == "1" or said_yes:
-                return _twiml(call.converse(sid, phone, pending.get("pending") or "", tries=0))
-            if pending.get("step") in flow.steps:
-                return _twiml(call.menu(pending["step"], [call.nav.message("say_again")]))
-            response = VoiceResponse()
-            call._gather(response, [call.nav.message("say_again")], step="conv", expects=pending.get("expects"))
-            return _twiml(response)
-        if step == "conv":
-            outcome = call.nav.in_conversation(expects, value, tries)
-        else:
-            outcome = call.nav.at_menu(step, value, tries)
-        return _twiml(call.follow(outcome, sid, phone, expects, step))
+        step = request.args.get("step", flow.start)
+        message_id = request.headers.get("I-Twilio-Idempotency-Token") or None
+        return render(phone.heard(call_sid(), caller(), step, request.args.get("expects") or None, tries,
+                                  _input(), message_id))
+
+    @bp.post(f"{BASE}/after-stream")
+    @safe
+    def after_stream() -> Response:
+        """The Media Stream closed: it left what comes next (a person, or the end) in the store."""
+        pending = runtime.sessions.load(f"stream:{call_sid()}") or {}
+        runtime.sessions.delete(f"stream:{call_sid()}")
+        if pending.get("next") == "person":
+            return render(CallStep((), "person", reference=pending.get("reference")))
+        return render(CallStep((phone.nav.message("goodbye"),), "end"))
 
     @bp.post(f"{BASE}/dial-done")
     @safe
@@ -276,7 +217,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
             response = VoiceResponse()
             response.hangup()
             return _twiml(response)
-        return _twiml(call.end([call.nav.message("no_agent")]))
+        return render(CallStep((no_agent, phone.nav.message("goodbye")), "end"))
 
     @bp.post(f"{BASE}/whisper")
     @safe
@@ -286,22 +227,29 @@ def make_blueprint(runtime: Any) -> Blueprint:
         summary = "没有记录。"
         if case is not None:
             form = (case.fields or {}).get("form_name")
-            summary = "，".join(x for x in [
-                "紧急" if (case.fields or {}).get("urgent") else "",
-                f"服务编号{reference}",
-                f"正在办{form}" if form else "",
-            ] if x) + "。"
+            parts = ["紧急" if (case.fields or {}).get("urgent") else "", f"服务编号{reference}",
+                     f"正在办{form}" if form else ""]
+            summary = "，".join(p for p in parts if p) + "。"
         response = VoiceResponse()
-        call._say(response, call.nav.message("whisper", summary=summary))
+        twiml.say(response, phone.nav.message("whisper", summary=summary))
         return _twiml(response)
+
+    @bp.get(f"{TTS_PATH}/<name>")
+    def prompt_audio(name: str) -> Response:
+        path = voice_services(runtime).tts_file(name)
+        if path is None:
+            return Response("no such audio", status=404, mimetype="text/plain")
+        return send_file(path, mimetype="audio/wav", max_age=86400)
 
     @bp.post(f"{BASE}/status")
     def status() -> Response:
-        sid = call_sid()
         state = (request.form.get("CallStatus") or "").lower()
         if state in {"completed", "busy", "no-answer", "failed", "canceled"}:
-            call.calls.end(sid, state)
-            runtime.sessions.delete(f"ivr:{sid}")
+            phone.calls.end(call_sid(), state)
+            runtime.sessions.delete(f"ivr:{call_sid()}")
         return Response(status=204)
 
     return bp
+
+
+__all__: Sequence[str] = ("make_blueprint", "TwimlRenderer")

@@ -32,6 +32,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("serving on http://%s:%d (database %s, sessions %s)", host, port,
                                      settings.database_url.split("@")[-1],
                                      "redis" if settings.redis_url else "in-process")
+    stream_port = settings.env.get("MEDIA_STREAM_PORT")
+    if stream_port or (settings.config.get("voice") or {}).get("phone_recognizer") == "local":
+        from channels.twilio_media import MediaStreamServer
+
+        media = MediaStreamServer(runtime, host, int(stream_port or port + 1))
+        media.start_in_thread()
+        logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", host, media.port)
+    if not args.no_worker:  # embedded default: ticket jobs and the SMS outbox in this process
+        from runtime.ticket_loop import background_worker
+
+        background_worker(runtime).start_thread()
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
     return 0
 
@@ -111,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--no-worker", action="store_true",
+                       help="do not run background jobs here (production: `worker` processes)")
     serve.set_defaults(func=cmd_serve)
     chat = sub.add_parser("chat", help="talk to the assistant in the terminal")
     chat.add_argument("--sender", default="terminal")
@@ -128,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     database = sub.add_parser("db", help="database maintenance")
     database.add_argument("action", choices=["upgrade"])
     database.set_defaults(func=cmd_db)
+    # Command groups of the other subsystems, each in its own module with register(subparsers).
+    from runtime import cli_alerts, cli_privacy, cli_staff, cli_voice, cli_worker
+
+    for group in (cli_worker, cli_privacy, cli_alerts, cli_staff, cli_voice):
+        group.register(sub)
     return parser
 
 

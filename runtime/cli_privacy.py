@@ -4,6 +4,7 @@
 runs them on their own. They use DATABASE_URL / DATA_DIR / key settings like the server, do
 not migrate the database, and print one result line (JSON where it is counts) to stdout.
 Exit codes: 0 done / ok, 1 found a problem (broken chain, values left), 2 bad configuration.
+Key commands obey the production key policy (backend.keys_policy) like the server does.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from assistant.config import Settings, load_settings
-from backend.crypto import KeyConfigError, load_keys
+from backend.crypto import KeyConfigError
+from backend.keys_policy import load_allowed_keys
 
 Now = Callable[[], datetime]
 
@@ -57,7 +59,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from backend.rotation import add_key_to_file, rotated_env_lines
 
     settings = _settings(args)
-    keyring = load_keys(settings.env, _key_file(settings))
+    keyring = load_allowed_keys(settings.env, _key_file(settings))
     activate = not args.stage
     if keyring.is_development:
         version = add_key_to_file(_key_file(settings), activate=activate)
@@ -78,7 +80,7 @@ def cmd_keys_activate(args: argparse.Namespace) -> int:
     from backend.rotation import activate_in_file, env_lines
 
     settings = _settings(args)
-    keyring = load_keys(settings.env, _key_file(settings))
+    keyring = load_allowed_keys(settings.env, _key_file(settings))
     if args.version not in keyring.sm4_keys:
         print(f"SM4 key version {args.version} is not loaded", file=sys.stderr)
         return 2
@@ -95,7 +97,7 @@ def cmd_keys_reencrypt(args: argparse.Namespace, now: Now = _now) -> int:
     from backend.rotation import reencrypt
 
     settings = _settings(args)
-    cipher = FieldCipher(load_keys(settings.env, _key_file(settings)))
+    cipher = FieldCipher(load_allowed_keys(settings.env, _key_file(settings)))
     engine = _engine(settings)
     try:
         report = reencrypt(engine, cipher, now=now, batch_size=args.batch, max_batches=args.max_batches)

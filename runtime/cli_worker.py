@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from assistant.config import load_settings
+    from runtime.cli_alerts import build_alert_desk
     from runtime.container import build_backend, make_cipher, make_clock
     from runtime.ticket_loop import build_ticket_loop
 
@@ -26,7 +27,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cipher = make_cipher(settings)
     backend = build_backend(settings, clock, cipher)  # also runs migrations to head
     loop = build_ticket_loop(settings, backend.session_factory, cipher, clock)
-    worker = loop.worker()
+    alerts = build_alert_desk(settings, backend.session_factory, cipher, clock, loop.outbox)
+    worker = loop.worker(extra_handlers=alerts.job_handlers())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

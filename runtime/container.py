@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,7 +20,10 @@ from assistant.nlu.pipeline import NLU, NLUSettings
 from assistant.ports import Clock, SessionStore
 from backend import db
 from backend.calls import CallLog
-from backend.crypto import FieldCipher, load_keys
+from backend.crypto import FieldCipher
+from backend.keys_policy import load_allowed_keys
+from backend.outbox import Outbox
+from backend.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
 from backend.services import StoreBackend
 from backend.sessions import make_session_store
 
@@ -36,6 +40,10 @@ class Runtime:
     cipher: FieldCipher
     db_sessions: Callable[[], Session]  # SQLAlchemy session factory for other backend services
     calls: CallLog
+    proxies: ProxyService | None = None
+    voice: Any = None  # runtime.voice_services.VoiceServices, built on first use
+    alerts: Any = None  # backend.alerts.desk.AlertDesk, built on first use (runtime.cli_alerts)
+    ticket_loop: Any = None  # runtime.ticket_loop.TicketLoop (jobs, SMS outbox, tickets), built on first use
 
 
 def make_clock(settings: Settings) -> Callable[[], datetime]:
@@ -48,7 +56,8 @@ def load_nlu(settings: Settings) -> NLU:
 
 
 def make_cipher(settings: Settings) -> FieldCipher:
-    return FieldCipher(load_keys(settings.env, settings.data_dir / "keys.json"))
+    # Refuses APP_ENV=production with development or placeholder keys, before any are generated.
+    return FieldCipher(load_allowed_keys(settings.env, settings.data_dir / "keys.json"))
 
 
 def open_database(settings: Settings, migrate: bool = True) -> Callable[[], Session]:
@@ -75,6 +84,11 @@ def build_runtime(
     sessions = sessions or make_session_store(settings.redis_url, cipher)
     nlu = nlu or load_nlu(settings)
     domain = Domain.load(settings.root / "domain.yml")
-    engine = DialogueEngine(domain, backend, settings.dialogue_settings(), clock)
+    # Family proxies: a case filed for someone else needs the senior's grant (backend/proxy.py).
+    proxies = ProxyService(db_sessions, cipher, OutboxNotifier(Outbox(db_sessions, cipher, clock, None)),
+                           clock, ProxyPolicy.from_config(settings.config))
+    guarded = ProxyAwareBackend(backend, proxies, lambda category: domain.label("category", category))
+    engine = DialogueEngine(domain, guarded, settings.dialogue_settings(), clock)
     assistant = Assistant(nlu, engine, sessions, clock, settings.session_ttl_seconds)
-    return Runtime(settings, assistant, backend, sessions, clock, cipher, db_sessions, CallLog(db_sessions, cipher, clock))
+    return Runtime(settings, assistant, backend, sessions, clock, cipher, db_sessions,
+                   CallLog(db_sessions, cipher, clock), proxies)

@@ -62,9 +62,11 @@ class TicketLoop:
     cipher: FieldCipher
     clock: Clock
 
-    def worker(self, worker_id: str | None = None) -> Worker:
-        return Worker(self.queue, {"ticket.process": lambda payload: self.desk.process(int(payload["ticket_id"]))},
-                      tasks=(self.outbox.drain,), worker_id=worker_id)
+    def worker(self, worker_id: str | None = None, extra_handlers: Mapping[str, Any] | None = None) -> Worker:
+        """One worker drains every queue: tickets, the SMS outbox and (extra) care-alert jobs."""
+        handlers = {"ticket.process": lambda payload: self.desk.process(int(payload["ticket_id"])),
+                    **(extra_handlers or {})}
+        return Worker(self.queue, handlers, tasks=(self.outbox.drain,), worker_id=worker_id)
 
 
 def build_ticket_loop(settings: Settings, sessions: Any, cipher: FieldCipher, clock: Clock, *,
@@ -81,18 +83,29 @@ def build_ticket_loop(settings: Settings, sessions: Any, cipher: FieldCipher, cl
         reader = RapidTextReader() if (config.get("media") or {}).get("ocr", True) else NoTextReader()
     if sender is None:
         sender = make_sender(twilio)
-    outbox = Outbox(sessions, cipher, clock, sender)
+    # Leases: how long a claimed job / SMS is left alone before another worker may take it again
+    # (a worker killed mid-way). Tunable for deployments, and short in the kill -9 tests.
+    outbox = Outbox(sessions, cipher, clock, sender,
+                    lease=timedelta(seconds=float(env.get("OUTBOX_LEASE_SECONDS", 120))))
     desk = TicketDesk(sessions, cipher, clock, outbox, LoopSettings.from_config(config, texts),
                       Taxonomy.from_config((config.get("tickets") or {}).get("taxonomy")),
                       Gazetteer.from_config(config.get("gazetteer")), media, reader)
-    queue = DbJobQueue(sessions, clock, lease=timedelta(minutes=5))
+    queue = DbJobQueue(sessions, clock, lease=timedelta(seconds=float(env.get("JOB_LEASE_SECONDS", 300))))
     return TicketLoop(desk, outbox, queue, twilio, cipher, clock)
 
 
 def ticket_loop_for(runtime: Any) -> TicketLoop:
     loop = getattr(runtime, "ticket_loop", None)
     if loop is None:
-        backend = runtime.backend
-        loop = build_ticket_loop(runtime.settings, backend.session_factory, backend.cipher, runtime.clock)
+        sessions = getattr(runtime, "db_sessions", None) or runtime.backend.session_factory
+        cipher = getattr(runtime, "cipher", None) or runtime.backend.cipher
+        loop = build_ticket_loop(runtime.settings, sessions, cipher, runtime.clock)
         runtime.ticket_loop = loop
     return loop
+
+
+def background_worker(runtime: Any, worker_id: str | None = None) -> Worker:
+    """The worker for a runtime with every job handler (tickets, outbox, care alerts)."""
+    from runtime.cli_alerts import alert_desk_for
+
+    return ticket_loop_for(runtime).worker(worker_id, extra_handlers=alert_desk_for(runtime).job_handlers())

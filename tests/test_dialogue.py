@@ -212,8 +212,22 @@ def test_check_progress_inside_a_form_then_continue(talk):
     assert "接着" in reply and c.last.expects == "name"
 
 
-def test_family_member_acting_for_a_parent_is_asked_the_parents_details(talk, runtime):
+def test_family_member_without_consent_is_told_how_to_get_it(talk, runtime):
     c = talk(phone="13900001111")
+    reply = c.say("我想帮我妈办老年证")
+    assert c.last.expects == "menu" and "/family_proxy" in [b.payload for r in c.replies for b in r.buttons]
+    assert "代办" in reply or "同意" in reply
+
+
+def test_family_member_with_the_parents_consent_files_in_her_name(talk, runtime):
+    child = talk(phone="13900001111")
+    child.say("我想绑定亲情号，帮我妈办事")
+    child.say("我是她女儿")
+    child.say("13700002222")
+    child.say("对")
+    outcome = runtime.proxies.handle_sms("13700002222", "1")  # the mother agrees from her own phone
+    assert outcome.handled
+    c = talk(sender="u-proxy", phone="13900001111")
     c.say("我想帮我妈办老年证")
     c.say(make_id("19440808"))
     assert "老人叫什么" in c.text

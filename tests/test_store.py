@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import CaseRequest, HandoffRequest, Person
-from backend import services
+from backend import schema, services
 from backend.crypto import FieldCipher, KeyRing
 from backend.db import make_engine, session_factory, upgrade
 from backend.models import (
@@ -161,9 +161,9 @@ def test_alembic_upgrade_matches_models(db_url: str) -> None:
     try:
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
-            assert tables == set(Base.metadata.tables) | {"alembic_version"}
+            assert tables == set(schema.metadata.tables) | {"alembic_version"}
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(ctx, Base.metadata) == []
+            assert compare_metadata(ctx, schema.metadata) == []
             assert conn.execute(text("SELECT last_id FROM audit_head WHERE id = 1")).scalar() == 0
     finally:
         engine.dispose()
@@ -503,6 +503,15 @@ def test_no_plaintext_personal_data_in_sqlite_file(sqlite_env: Env) -> None:
 
 
 # --- several processes / workers -----------------------------------------------------------------
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "backend" / "migrations"))
+    return str(ScriptDirectory.from_config(config).get_current_head())
+
+
 def test_concurrent_upgrade_at_start(db_url: str) -> None:
     """Several workers (processes) start at once and each runs the upgrade."""
     import multiprocessing
@@ -518,7 +527,7 @@ def test_concurrent_upgrade_at_start(db_url: str) -> None:
     engine = make_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
-            "0001"]
+            _head_revision()]
     engine.dispose()
 
 

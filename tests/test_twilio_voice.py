@@ -25,7 +25,7 @@ CALLER = "+8613800138000"
 @pytest.fixture
 def voice_env(settings_env):
     return {**settings_env, "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
-            "PUBLIC_BASE_URL": PUBLIC, "AGENT_NUMBER": AGENT}
+            "PUBLIC_BASE_URL": PUBLIC, "AGENT_NUMBER": AGENT, "PHONE_PROMPTS": "say"}
 
 
 @pytest.fixture
@@ -269,3 +269,23 @@ def test_terminal_call_simulator(model_dir, nlu, tmp_path):
                          timeout=300)
     assert run.returncode == 0, run.stderr
     assert "办老年证，请按1" in run.stdout and "受理编号是" in run.stdout and "再见" in run.stdout
+
+
+def test_prompts_are_played_from_cached_local_speech(voice_env, nlu, clock):
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        from conftest import _unavailable
+
+        _unavailable("espeak-ng not installed")
+    runtime = build_runtime(load_settings({**voice_env, "PHONE_PROMPTS": "play"}), clock=clock, nlu=nlu)
+    phone = Phone(create_app(runtime).test_client(), runtime)
+    phone.call()
+    urls = [play.text for play in phone.xml.iter("Play")]
+    assert len(urls) == 2 and not list(phone.xml.iter("Say"))  # greeting + menu prompt
+    audio = phone.client.get(urls[1])
+    assert audio.status_code == 200 and audio.data[:4] == b"RIFF" and len(audio.data) > 16000
+    phone.call_sid = "CA" + "b" * 32
+    phone.call()
+    assert [play.text for play in phone.xml.iter("Play")] == urls  # cached: same files, by text hash
+    assert phone.client.get("/voice/tts/../../etc/passwd").status_code == 404

@@ -16,7 +16,7 @@ from assistant.dialogue.render import date_words, group_phone, spell_digits, spe
 from assistant.dialogue.slots import EXTRACTORS, SlotContext, SlotOutcome
 from assistant.dialogue.state import ConversationState
 from assistant.nlu.idcard import age_on
-from assistant.ports import CaseRequest, Clock, HandoffRequest, Person, ServiceBackend
+from assistant.ports import ActingForRefused, CaseRequest, Clock, HandoffRequest, Person, ServiceBackend
 from assistant.privacy import mask_text
 from assistant.types import ParseResult, Reply, UserMessage
 
@@ -171,6 +171,11 @@ class DialogueEngine:
         state.on_behalf = self.domain.forms[form_name].kind != "proxy_request" and any(
             marker in parse.normalized for marker in PROXY_MARKERS
         )
+        precheck = getattr(self.backend, "precheck", None)
+        if state.on_behalf and state.phone and precheck is not None:
+            decision = precheck(state.phone, self.domain.forms[form_name].kind)
+            if decision is not None and not decision.allowed:
+                return self._refuse_proxy(state, decision.how_to_ask or "", turn)
         title = self.domain.label("category", form_name)
         if previous and previous != form_name:
             turn.say("utter_switch_form", {"old": self.domain.label("category", previous), "title": title})
@@ -539,6 +544,8 @@ class DialogueEngine:
         )
         try:
             receipt = self.backend.submit_case(request)
+        except ActingForRefused as refused:
+            return self._refuse_proxy(state, refused.how_to_ask, turn)
         except Exception:
             # Nothing is lost: the form stays filled and confirmed; "对" again resubmits with the
             # same idempotency key, so a half-done first attempt cannot create a second case.
@@ -550,6 +557,12 @@ class DialogueEngine:
                  reference=receipt.reference)
         state.end_form()
         state.misses = 0
+        turn.say("utter_anything_else", expects="menu")
+
+    def _refuse_proxy(self, state: ConversationState, how_to_ask: str, turn: _Turn) -> None:
+        """A family member without the needed grant: say why and how to get one; file nothing."""
+        state.end_form()
+        turn.say("utter_proxy_refused", {"how_to_ask": how_to_ask})
         turn.say("utter_anything_else", expects="menu")
 
     def _handoff(self, state: ConversationState, turn: _Turn, *, reason: str, urgent: bool,

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import opencc
 
-from assistant.nlu.numerals import chinese_to_int, find_digit_runs
+from assistant.nlu.numerals import find_digit_runs
 
 _DIGIT_WORD = "零一二三四五六七八九"
 # Characters that are not speech: punctuation and symbols of both widths, and spaces.
@@ -105,11 +105,3 @@ def core_form(text: str, min_digits: int = 3) -> str:
     out.append(text[last:])
     return "".join(out)
 
-
-def numbers_as_int(text: str) -> str:
-    """For scoring only: every Chinese number word sequence ("二十九", "二零一一") → Arabic digits."""
-    def replace(m: re.Match[str]) -> str:
-        value = chinese_to_int(m.group())
-        return str(value) if value is not None else m.group()
-
-    return re.sub(r"[零〇一二三四五六七八九十百千万亿两幺]+", replace, text)

@@ -89,9 +89,9 @@ class VoiceConfig:
     closed_set_min_confidence: float = 0.5
     vad_threshold: float = 0.5
     vad_min_silence_ms: int = 700  # end of utterance on streamed audio
-    vad_speech_pad_ms: int = 200
+    vad_speech_pad_ms: int = 400
     max_utterance_seconds: float = 30.0
-    tts_engine: str = "espeak"  # espeak | twilio_say
+    tts_engine: str = "espeak"  # espeak | pyttsx3 | twilio_say
     tts_rate: int = 130  # 字/min for seniors
     tts_voice: str = "cmn"
     remote_url: str = ""

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import firwin, lfilter, lfilter_zi
 
-from assistant.voice.audio import TARGET_RATE, Audio, mulaw_decode, resample
+from assistant.voice.audio import TARGET_RATE, Audio, mulaw_decode
 
 WINDOW = 512  # Silero v5/v6 at 16 kHz: 32 ms windows …
 CONTEXT = 64  # … each preceded by the last 64 samples of the previous one
 WINDOW_SECONDS = WINDOW / TARGET_RATE
+# Narrow-band (8 kHz) speech gets lower Silero probabilities: onsets were missed at 0.5 on phone copies.
+TELEPHONE_VAD_OFFSET = 0.15
 
 
 def silero_model_path() -> Path | None:
@@ -172,7 +174,7 @@ class EndpointDetector:
     the detector is ready for the next turn (call `reset()` when a new prompt starts playing).
     """
 
-    def __init__(self, rate: int = 8000, *, vad: SileroVad | None = None, threshold: float = 0.5,
+    def __init__(self, rate: int = 8000, *, vad: SileroVad | None = None, threshold: float | None = None,
                  min_silence_ms: int = 700, barge_in_ms: int = 250, pre_roll_ms: int = 300,
                  max_seconds: float = 30.0, no_input_seconds: float = 6.0) -> None:
         if rate not in (8000, TARGET_RATE):
@@ -182,8 +184,8 @@ class EndpointDetector:
             raise RuntimeError("Silero VAD model not found (faster-whisper is not installed)")
         self.vad = found
         self.rate = rate
-        self.threshold = threshold
-        self.neg_threshold = max(threshold - 0.15, 0.01)
+        self.threshold = threshold if threshold is not None else 0.5 - (TELEPHONE_VAD_OFFSET if rate == 8000 else 0.0)
+        self.neg_threshold = max(self.threshold - 0.15, 0.01)
         self.min_silence_windows = max(1, round(min_silence_ms / 1000 / WINDOW_SECONDS))
         self.barge_in_windows = max(1, round(barge_in_ms / 1000 / WINDOW_SECONDS))
         self.pre_roll = int(pre_roll_ms / 1000 * rate)
@@ -272,6 +274,3 @@ class EndpointDetector:
         audio = Audio(everything[start:native_end].copy(), self.rate, telephone=self.rate == 8000)
         return UtteranceEnded(audio, reason, self._now(native_end))
 
-
-def to_16k_samples(audio: Audio) -> np.ndarray:
-    return resample(audio.samples, audio.rate, TARGET_RATE)

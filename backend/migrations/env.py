@@ -6,10 +6,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.pool import NullPool
 
 from backend.db import database_url, make_engine
-from backend.models import Base
+from backend.schema import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 # Any constant: workers starting together on Postgres run the upgrade one after the other.
 MIGRATION_LOCK_KEY = 7_210_431_001
 

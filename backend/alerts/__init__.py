@@ -1,0 +1,1 @@
+"""Care alerts for seniors living alone: sensor readings → graded alerts → people who respond in time."""

@@ -1,0 +1,220 @@
+"""Background jobs: a small JobQueue seam with a database-backed implementation.
+
+Webhooks persist what they received and enqueue a job in the same transaction, then answer;
+workers (a thread inside `serve` on the embedded default, `python -m assistant worker`
+processes in production) claim due jobs and run them. Semantics are at-least-once: a worker
+killed mid-job leaves a `running` row whose lease expires and another worker takes it again,
+so every handler must be idempotent. A later Redis-backed queue only has to implement
+`JobQueue` (enqueue + claim/finish) to slot in.
+
+Claiming uses SELECT … FOR UPDATE SKIP LOCKED on Postgres (workers never wait on each other);
+SQLite ignores FOR UPDATE, but there every transaction starts with BEGIN IMMEDIATE
+(backend.db), so claims are serialised by the database write lock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from assistant.ports import Clock
+from backend.models import Job
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE = timedelta(minutes=5)
+_INSERT_JOB = insert(Job.__table__)
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+def backoff(attempts: int, base_seconds: float = 5.0, cap_seconds: float = 3600.0) -> timedelta:
+    """5 s, 10 s, 20 s … capped at an hour."""
+    return timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    name: str
+    payload: Mapping[str, Any]
+    attempts: int  # including this one
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (bad payload, row gone): fail it at once, no retries."""
+
+
+class JobQueue(Protocol):
+    def enqueue(self, name: str, payload: Mapping[str, Any], run_at: datetime | None = None,
+                dedupe_key: str | None = None) -> None: ...
+
+    def claim(self, worker_id: str, limit: int = 10) -> list[ClaimedJob]: ...
+
+    def finish(self, job: ClaimedJob, worker_id: str) -> None: ...
+
+    def fail(self, job: ClaimedJob, worker_id: str, error: str, *, permanent: bool = False) -> None: ...
+
+
+def enqueue_in(session: Session, name: str, payload: Mapping[str, Any], run_at: datetime,
+               dedupe_key: str | None = None, now: datetime | None = None, *, new: bool = False) -> None:
+    """Adds a job inside the caller's transaction, so the job exists iff the data it works on
+    was committed. With a dedupe_key an existing job is re-armed (queued again for `run_at`)
+    rather than duplicated: "process this report once the photo window has closed"."""
+    now = now or datetime.now(UTC)
+    body = json.dumps(dict(payload), ensure_ascii=False, sort_keys=True)
+    if dedupe_key is not None and not new:  # new=True: the key cannot exist yet (a fresh row's id)
+        existing = session.scalar(select(Job).where(Job.dedupe_key == dedupe_key).with_for_update())
+        if existing is not None:
+            # A running worker's finish() matches on locked_by, so re-arming wins over it.
+            existing.state, existing.run_at, existing.payload = "queued", run_at, body
+            existing.locked_by, existing.locked_until, existing.attempts = None, None, 0
+            existing.updated_at = now
+            return
+    session.connection().execute(_INSERT_JOB, {
+        "name": name, "payload": body, "state": "queued", "run_at": run_at, "attempts": 0, "locked_until": None,
+        "locked_by": None, "last_error": None, "dedupe_key": dedupe_key, "created_at": now, "updated_at": now})
+
+
+class DbJobQueue:
+    """JobQueue on the `jobs` table (SQLite or Postgres)."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, *, lease: timedelta = DEFAULT_LEASE,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self.lease = lease
+        self.max_attempts = max_attempts
+
+    def _now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    def enqueue(self, name: str, payload: Mapping[str, Any], run_at: datetime | None = None,
+                dedupe_key: str | None = None) -> None:
+        now = self._now()
+        for attempt in range(3):
+            try:
+                with self._sessions() as session, session.begin():
+                    enqueue_in(session, name, payload, run_at or now, dedupe_key, now)
+                return
+            except IntegrityError:  # two enqueuers raced on one dedupe key: the retry re-arms
+                if attempt == 2:
+                    raise
+
+    def claim(self, worker_id: str, limit: int = 10) -> list[ClaimedJob]:
+        now = self._now()
+        with self._sessions() as session, session.begin():
+            rows = session.scalars(
+                select(Job)
+                .where(or_(
+                    (Job.state == "queued") & (Job.run_at <= now),
+                    (Job.state == "running") & (Job.locked_until < now),  # its worker died
+                ))
+                .order_by(Job.run_at, Job.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            claimed = []
+            for row in rows:
+                row.state, row.locked_by, row.locked_until = "running", worker_id, now + self.lease
+                row.attempts += 1
+                row.updated_at = now
+                claimed.append(ClaimedJob(row.id, row.name, json.loads(row.payload), row.attempts))
+            return claimed
+
+    def finish(self, job: ClaimedJob, worker_id: str) -> None:
+        with self._sessions() as session, session.begin():
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.locked_by == worker_id, Job.state == "running")
+                .values(state="done", locked_by=None, locked_until=None, updated_at=self._now())
+            )
+
+    def fail(self, job: ClaimedJob, worker_id: str, error: str, *, permanent: bool = False) -> None:
+        now = self._now()
+        dead = permanent or job.attempts >= self.max_attempts
+        with self._sessions() as session, session.begin():
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.locked_by == worker_id, Job.state == "running")
+                .values(state="failed" if dead else "queued", locked_by=None, locked_until=None,
+                        run_at=now if dead else now + backoff(job.attempts), last_error=error[:2000],
+                        updated_at=now)
+            )
+
+
+Handler = Callable[[Mapping[str, Any]], None]
+
+
+class Worker:
+    """Runs claimed jobs by name, plus periodic `tasks` (the SMS outbox drain) every tick."""
+
+    def __init__(self, queue: JobQueue, handlers: Mapping[str, Handler],
+                 tasks: tuple[Callable[[], int], ...] = (), *, worker_id: str | None = None,
+                 batch: int = 10) -> None:
+        self.queue = queue
+        self.handlers = dict(handlers)
+        self.tasks = tasks
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.batch = batch
+
+    def run_once(self) -> int:
+        """One tick; returns how many things were done (0 = idle)."""
+        done = 0
+        for job in self.queue.claim(self.worker_id, self.batch):
+            done += 1
+            handler = self.handlers.get(job.name)
+            if handler is None:
+                self.queue.fail(job, self.worker_id, f"no handler for {job.name}", permanent=True)
+                continue
+            try:
+                handler(job.payload)
+            except PermanentJobError as exc:
+                log.error("job %s #%d failed for good: %s", job.name, job.id, exc)
+                self.queue.fail(job, self.worker_id, str(exc), permanent=True)
+            except Exception as exc:
+                log.exception("job %s #%d failed (attempt %d)", job.name, job.id, job.attempts)
+                self.queue.fail(job, self.worker_id, f"{type(exc).__name__}: {exc}")
+            else:
+                self.queue.finish(job, self.worker_id)
+        for task in self.tasks:
+            try:
+                done += task()
+            except Exception:
+                log.exception("worker task failed")
+        return done
+
+    def run_until_idle(self, max_ticks: int = 100) -> int:
+        total = 0
+        for _ in range(max_ticks):
+            n = self.run_once()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def run_forever(self, stop: threading.Event, idle_sleep: float = 0.5) -> None:
+        log.info("worker %s started (%s)", self.worker_id, ", ".join(sorted(self.handlers)))
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the database may be restarting: keep the loop alive
+                log.exception("worker tick failed")
+                busy = 0
+            if not busy:
+                stop.wait(idle_sleep)
+
+    def start_thread(self) -> tuple[threading.Thread, threading.Event]:
+        stop = threading.Event()
+        thread = threading.Thread(target=self.run_forever, args=(stop,), name="job-worker", daemon=True)
+        thread.start()
+        return thread, stop

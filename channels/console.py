@@ -1,0 +1,309 @@
+"""Staff console: server-rendered pages under /console for agents, grid and social workers,
+department handlers and admins (backend.staff roles; what each sees is filtered in SQL by
+backend.staff_queries, so the navigation is a convenience, not the protection).
+
+Login sets an HttpOnly, SameSite=Strict cookie holding a random session token (only its hash
+is stored). Every POST form carries the session's CSRF token; the login form a double-submit
+token. Pages are never cached and cannot be framed.
+
+    /console/login /console/logout
+    /console/handoffs [/<ref> (audited read) /<ref>/take /<ref>/close]
+    /console/tickets  [/<ref> (audited read) /<ref>/act]
+    /console/alerts   [/<id>/<acknowledge|visited|close>]
+    /console/residents [/<id> /<id>/reveal (POST, audited)]
+    /console/grants   [/<id>/revoke]
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from assistant.dialogue.domain import Domain
+from backend.models import STATUS_LABELS_ZH
+from backend.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
+from backend.staff_queries import SECTIONS, form_slots_text
+from runtime.cli_staff import staff_services_for
+
+NAME = "console"
+COOKIE = "console_session"
+LOGIN_COOKIE = "console_login_csrf"
+SECTION_LABELS = {"handoffs": "人工接听", "tickets": "报事工单", "alerts": "关爱告警", "residents": "居民",
+                  "grants": "代办授权"}
+TICKET_ACTIONS = {"accept": "受理", "start": "开始处理", "resolve": "办结", "reject": "退回",
+                  "reopen": "重新处理", "close": "结束"}
+ALERT_ACTIONS = {"acknowledge": "收到", "visited": "已上门", "close": "关闭告警"}
+ALERT_STATES_ZH = {"open": "新告警", "notified": "已通知", "escalated": "已升级", "acknowledged": "已收到",
+                   "visited": "已上门", "closed": "已关闭"}
+LEVELS_ZH = {"info": "提示", "warning": "注意", "urgent": "紧急", "critical": "危急"}
+RULES_ZH = {"no_water": "长时间未用水", "electricity_drop": "用电骤降", "no_door": "长时间未开门",
+            "gas_leak": "燃气泄漏", "heart_rate": "心率异常", "sensor_offline": "设备离线"}
+CHANNELS_ZH = {"twilio_voice": "电话", "phone": "电话", "voice": "电话", "sms": "短信", "twilio_sms": "短信",
+               "rest": "网页", "kiosk": "自助机", "terminal": "终端", "open311": "网上报事"}
+REASONS_ZH = {"user_request": "居民要求", "emergency": "紧急情况", "misunderstood": "多次没听懂"}
+GRANT_STATUS_ZH = {"pending_consent": "等老人同意", "active": "有效", "revoked": "已取消", "expired": "已过期",
+                   "declined": "老人不同意"}
+LOGIN_MESSAGES = {"invalid": ("用户名或密码不对，请再试一次。", 401),
+                  "locked": ("密码错误次数太多，账号已暂时锁定，请15分钟后再试，或联系管理员。", 423),
+                  "throttled": ("登录尝试太频繁，请稍后再试。", 429)}
+
+
+def make_blueprint(runtime: Any) -> Blueprint:
+    bp = Blueprint(NAME, __name__, url_prefix="/console", template_folder="templates",
+                   static_folder="static/console", static_url_path="/static")
+    services = staff_services_for(runtime)
+    directory, queries = services.directory, services.queries
+    tz = runtime.settings.timezone
+    # Form and slot names as staff read them (the same labels the assistant speaks).
+    domain = Domain.load(runtime.settings.root / "domain.yml")
+    slot_labels = {name: spec.label for name, spec in domain.slots.items()}
+    # Production sits behind HTTPS; plain-HTTP loopback (development, tests) would drop Secure cookies.
+    secure_cookie = runtime.settings.env.get("APP_ENV") == "production"
+
+    def page(template: str, status: int = 200, **values: Any):
+        staff = getattr(g, "staff", None)
+        nav = [(s, SECTION_LABELS[s]) for s in SECTION_LABELS if staff and s in SECTIONS.get(staff.role, ())]
+        return render_template(f"console/{template}", staff=staff, nav=nav, csrf=getattr(g, "csrf", ""),
+                               labels=STATUS_LABELS_ZH, **values), status
+
+    def local(moment: datetime | None) -> str:
+        return "—" if moment is None else moment.astimezone(tz).strftime("%m月%d日 %H:%M")
+
+    def remaining(due: datetime | None) -> str:
+        if due is None:
+            return ""
+        minutes = int((due - directory.now()).total_seconds() // 60)
+        return f"剩余 {minutes} 分钟" if minutes >= 0 else f"已超时 {-minutes} 分钟"
+
+    @bp.app_template_filter("console_time")
+    def console_time(moment: datetime | None) -> str:
+        return local(moment)
+
+    def section(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+            @wraps(view)
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                if not queries.allows(g.staff, name):
+                    abort(403)
+                return view(*args, **kwargs)
+
+            return guarded
+
+        return decorate
+
+    @bp.before_request
+    def authenticate():
+        if request.endpoint in (f"{NAME}.login", f"{NAME}.static"):
+            return None
+        active = directory.session(request.cookies.get(COOKIE))
+        if active is None:
+            return redirect(url_for(f"{NAME}.login"), 303)
+        g.staff, g.csrf = active.staff, active.csrf_token
+        if request.method == "POST":
+            given = request.form.get("csrf_token", "")
+            if not given or not hmac.compare_digest(given, active.csrf_token):
+                abort(403, "CSRF")
+        return None
+
+    @bp.after_request
+    def headers(response):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+        return response
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {400: "请求有误。", 403: "您没有权限查看这一页，或表单已过期，请刷新后再试。",
+                    404: "没有找到，或不在您负责的范围内。", 409: "当前状态不能这样操作。"}
+        return page("error.html", exc.code or 500, message=messages.get(exc.code or 0, "出错了，请稍后再试。"))
+
+    # --- login ---------------------------------------------------------------------------------------
+    def login_form(message: str | None = None, status: int = 200):
+        token = secrets.token_urlsafe(24)
+        body, code = page("login.html", status, login_csrf=token, message=message)
+        response = make_response(body, code)
+        response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=secure_cookie,
+                            path="/console/login")
+        return response
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login():
+        if request.method == "GET":
+            return login_form()
+        cookie, given = request.cookies.get(LOGIN_COOKIE, ""), request.form.get("csrf_token", "")
+        if not cookie or not given or not hmac.compare_digest(cookie, given):
+            abort(403, "CSRF")
+        result = directory.authenticate(request.form.get("username", ""), request.form.get("password", ""),
+                                        request.remote_addr or "unknown")
+        if result.outcome != "ok" or result.session_token is None:
+            message, status = LOGIN_MESSAGES[result.outcome]
+            return login_form(message, status)
+        response = redirect(url_for(f"{NAME}.home"), 303)
+        response.set_cookie(COOKIE, result.session_token, httponly=True, samesite="Strict",
+                            secure=secure_cookie, path="/console")
+        response.delete_cookie(LOGIN_COOKIE, path="/console/login")
+        return response
+
+    @bp.post("/logout")
+    def logout():
+        directory.logout(request.cookies.get(COOKIE))
+        response = redirect(url_for(f"{NAME}.login"), 303)
+        response.delete_cookie(COOKIE, path="/console")
+        return response
+
+    @bp.get("/")
+    def home():
+        for name in SECTION_LABELS:
+            if queries.allows(g.staff, name):
+                return redirect(url_for(f"{NAME}.{name}"), 303)
+        abort(403)
+
+    # --- handoffs ------------------------------------------------------------------------------------
+    @bp.get("/handoffs")
+    @section("handoffs")
+    def handoffs():
+        return page("handoffs.html", rows=queries.handoffs(g.staff), reasons=REASONS_ZH, channels=CHANNELS_ZH,
+                    forms=domain.labels.get("category", {}))
+
+    @bp.get("/handoffs/<reference>")
+    @section("handoffs")
+    def handoff(reference: str):
+        if not queries.can_see_handoff(g.staff, reference):
+            abort(404)
+        case = runtime.backend.get_case(reference, actor=g.staff.actor)  # audited read
+        if case is None:
+            abort(404)
+        slots = [(slot_labels.get(k, k), v) for k, v in form_slots_text(case.fields.get("form_slots"))]
+        return page("handoff.html", case=case, reasons=REASONS_ZH, slots=slots,
+                    form_label=domain.label("category", case.fields.get("form_name") or ""))
+
+    @bp.post("/handoffs/<reference>/<action>")
+    @section("handoffs")
+    def handoff_action(reference: str, action: str):
+        to_status = {"take": "taken", "close": "closed"}.get(action)
+        if to_status is None or not queries.can_see_handoff(g.staff, reference):
+            abort(404)
+        runtime.backend.set_status("handoff", reference, to_status, g.staff.actor,
+                                   request.form.get("note") or None)
+        if to_status == "closed":
+            return redirect(url_for(f"{NAME}.handoffs"), 303)
+        return redirect(url_for(f"{NAME}.handoff", reference=reference), 303)
+
+    # --- tickets -------------------------------------------------------------------------------------
+    def ticket_desk():
+        from runtime.ticket_loop import ticket_loop_for
+
+        return ticket_loop_for(runtime).desk
+
+    @bp.get("/tickets")
+    @section("tickets")
+    def tickets():
+        desk = ticket_desk()
+        views = [v for ref in queries.ticket_references(g.staff) if (v := desk.view(ref)) is not None]
+        return page("tickets.html", rows=views)
+
+    @bp.get("/tickets/<reference>")
+    @section("tickets")
+    def ticket(reference: str):
+        if not queries.can_see_ticket(g.staff, reference):
+            abort(404)
+        view = ticket_desk().view(reference, actor=g.staff.actor)  # audited read with the private fields
+        if view is None:
+            abort(404)
+        return page("ticket.html", ticket=view, actions=TICKET_ACTIONS)
+
+    @bp.post("/tickets/<reference>/act")
+    @section("tickets")
+    def ticket_action(reference: str):
+        from backend.tickets import TransitionError
+
+        action, note = request.form.get("action", ""), (request.form.get("note") or "").strip()[:500] or None
+        if action not in TICKET_ACTIONS:
+            abort(400)
+        if not queries.can_see_ticket(g.staff, reference):
+            abort(404)
+        try:
+            ticket_desk().staff_action(reference, action, g.staff.actor, note=note)
+        except TransitionError:
+            abort(409)
+        except ValueError:
+            return page("error.html", 400, message="办结或退回时请填写说明。")
+        return redirect(url_for(f"{NAME}.ticket", reference=reference), 303)
+
+    # --- care alerts ---------------------------------------------------------------------------------
+    @bp.get("/alerts")
+    @section("alerts")
+    def alerts():
+        rows = queries.alerts(g.staff)
+        return page("alerts.html", rows=rows, remaining=remaining, states=ALERT_STATES_ZH, levels=LEVELS_ZH, rules=RULES_ZH,
+                    actions=ALERT_ACTIONS, now_iso=directory.now().isoformat())
+
+    @bp.post("/alerts/<int:alert_id>/<action>")
+    @section("alerts")
+    def alert_action(alert_id: int, action: str):
+        if action not in ALERT_ACTIONS or not queries.can_see_alert(g.staff, alert_id):
+            abort(404)
+        from runtime.cli_alerts import alert_desk_for
+
+        alert_desk_for(runtime).staff_action(alert_id, action, g.staff.username,
+                                             (request.form.get("note") or "").strip()[:200] or None)
+        return redirect(url_for(f"{NAME}.alerts"), 303)
+
+    # --- residents -----------------------------------------------------------------------------------
+    @bp.get("/residents")
+    @section("residents")
+    def residents():
+        query = (request.args.get("q") or "").strip()[:40]
+        return page("residents.html", rows=queries.residents(g.staff, query or None), query=query)
+
+    def resident_page(row: Any):
+        grants = queries.grants(g.staff, senior_resident_id=row.id)
+        return page("resident.html", resident=row, grants=grants, relations=RELATION_LABELS_ZH,
+                    scopes=SCOPE_LABELS_ZH, grant_states=GRANT_STATUS_ZH)
+
+    @bp.get("/residents/<int:resident_id>")
+    @section("residents")
+    def resident(resident_id: int):
+        row = queries.resident(g.staff, resident_id)
+        if row is None:
+            abort(404)
+        return resident_page(row)
+
+    @bp.post("/residents/<int:resident_id>/reveal")
+    @section("residents")
+    def reveal(resident_id: int):
+        row = queries.reveal_resident(g.staff, resident_id, (request.form.get("reason") or "").strip())
+        if row is None:
+            abort(404)
+        return resident_page(row)
+
+    # --- proxy grants --------------------------------------------------------------------------------
+    @bp.get("/grants")
+    @section("grants")
+    def grants():
+        return page("grants.html", grants=queries.grants(g.staff), relations=RELATION_LABELS_ZH,
+                    scopes=SCOPE_LABELS_ZH, grant_states=GRANT_STATUS_ZH)
+
+    @bp.post("/grants/<int:grant_id>/revoke")
+    @section("grants")
+    def revoke(grant_id: int):
+        if runtime.proxies is None or not queries.can_see_grant(g.staff, grant_id):
+            abort(404)
+        runtime.proxies.revoke(grant_id, by=g.staff.actor)
+        back = request.form.get("back")
+        if back and back.isdigit():
+            return redirect(url_for(f"{NAME}.resident", resident_id=int(back)), 303)
+        return redirect(url_for(f"{NAME}.grants"), 303)
+
+    return bp

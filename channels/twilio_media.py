@@ -1,0 +1,215 @@
+"""Twilio Media Streams: the phone call heard by our own recogniser (bidirectional WebSocket).
+
+Twilio opens `wss://…/media-stream` after <Connect><Stream> and sends JSON events: `connected`,
+`start` (streamSid, callSid, customParameters), `media` (20 ms of 8 kHz μ-law, base64), `dtmf`,
+`mark` (our playback reached a mark), `stop`. We answer with `media` (our speech, same format),
+`mark` and `clear` (stop playback at once: barge-in when the caller starts talking).
+
+The call logic is the same as for <Gather> (channels/phone_call.py). When the call must reach a
+person or end, we leave that in the session store and close the socket; Twilio then follows the
+<Redirect> after <Connect> to /webhooks/twilio/voice/after-stream, which dials or hangs up.
+Recognition runs on the decode pool's thread, never on the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from assistant.ivr import CallInput, IvrFlow
+from assistant.voice.audio import TELEPHONE_RATE, load_for_asr, mulaw_encode, resample
+from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
+from backend.sms_format import mainland_mobile
+from channels.phone_call import CallStep, PhoneCall
+from runtime.voice_services import voice_services
+
+log = logging.getLogger(__name__)
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
+PATH = "/media-stream"
+
+
+def speech_frames(wav: bytes) -> list[bytes]:
+    """TTS output (any rate WAV) → 20 ms μ-law frames for the phone line."""
+    audio = load_for_asr(wav)
+    samples = resample(audio.samples, audio.rate, TELEPHONE_RATE) if audio.rate != TELEPHONE_RATE else audio.samples
+    data = mulaw_encode(np.clip(samples, -1.0, 1.0))
+    return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
+
+
+@dataclass
+class StreamCall:
+    """One call on one socket."""
+
+    phone: PhoneCall
+    services: Any
+    send: Any  # async callable(dict)
+    call_sid: str = ""
+    stream_sid: str = ""
+    caller: str | None = None
+    step: CallStep | None = None
+    playing: bool = False
+    keyed: str = ""
+    marks: int = 0
+    closing: bool = False
+    detector: EndpointDetector = field(default_factory=lambda: EndpointDetector(TELEPHONE_RATE))
+
+    async def start(self, event: dict[str, Any]) -> None:
+        start = event.get("start") or {}
+        self.stream_sid = start.get("streamSid", event.get("streamSid", ""))
+        self.call_sid = start.get("callSid", "")
+        self.caller = mainland_mobile((start.get("customParameters") or {}).get("caller") or "") or None
+        await self.act(await asyncio.to_thread(self.phone.greet, self.call_sid, self.caller))
+
+    async def act(self, step: CallStep) -> None:
+        self.step = step
+        await self.speak(step.say)
+        if step.next != "listen":
+            self.phone.runtime.sessions.save(f"stream:{self.call_sid}",
+                                             {"next": step.next, "reference": step.reference}, 600)
+            self.closing = True  # close once the last words have been played (mark echoed)
+            if not self.playing:
+                raise ConnectionAbortedError
+        self.detector.reset()
+
+    async def speak(self, sentences: tuple[str, ...]) -> None:
+        text = "".join(sentences)
+        if not text:
+            return
+        path = await asyncio.to_thread(self.services.speech_file, text)
+        for frame in speech_frames(path.read_bytes()):
+            payload = base64.b64encode(frame).decode("ascii")
+            await self.send({"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}})
+        self.marks += 1
+        self.playing = True
+        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": f"prompt-{self.marks}"}})
+
+    async def media(self, event: dict[str, Any]) -> None:
+        media = event.get("media") or {}
+        if media.get("track", "inbound") != "inbound" or self.closing:
+            return
+        for happened in self.detector.feed_mulaw(base64.b64decode(media.get("payload", ""))):
+            if isinstance(happened, SpeechStarted) and self.playing:
+                self.playing = False  # barge-in: the caller talks over the prompt
+                await self.send({"event": "clear", "streamSid": self.stream_sid})
+            elif isinstance(happened, UtteranceEnded):
+                await self.heard_speech(happened)
+            elif isinstance(happened, NoInput) and not self.playing:
+                await self.answer(CallInput())
+
+    async def heard_speech(self, ended: UtteranceEnded) -> None:
+        pool = self.services.pool
+        transcript = await asyncio.wrap_future(pool.submit(ended.audio))
+        log.info("stream %s heard %.1f s, confidence %.2f, rtf %.2f", self.call_sid, transcript.audio_seconds,
+                 transcript.confidence, transcript.real_time_factor)
+        if transcript.no_speech:
+            return
+        await self.answer(CallInput(speech=transcript.core_text, confidence=transcript.confidence))
+
+    async def dtmf(self, event: dict[str, Any]) -> None:
+        digit = str((event.get("dtmf") or {}).get("digit", ""))
+        step = self.step
+        if not digit or step is None:
+            return
+        if step.expects in self.phone.flow.digit_slots and (self.keyed or digit not in self.phone.flow.keys):
+            self.keyed += digit  # a long number: collect until #
+            if digit != "#":
+                return
+            digit, self.keyed = self.keyed, ""
+        await self.answer(CallInput(digits=digit))
+
+    async def answer(self, value: CallInput) -> None:
+        step = self.step
+        if step is None or step.next != "listen":
+            return
+        if self.playing:
+            self.playing = False
+            await self.send({"event": "clear", "streamSid": self.stream_sid})
+        next_step = await asyncio.to_thread(self.phone.heard, self.call_sid, self.caller, step.step or "main",
+                                            step.expects, step.tries, value)
+        await self.act(next_step)
+
+    async def mark(self, event: dict[str, Any]) -> None:
+        if (event.get("mark") or {}).get("name") == f"prompt-{self.marks}":
+            self.playing = False
+            if self.closing:
+                raise ConnectionAbortedError
+
+
+class MediaStreamServer:
+    """A `websockets` server on its own event loop thread, started by `serve` next to the WSGI app."""
+
+    def __init__(self, runtime: Any, host: str, port: int) -> None:
+        self.runtime = runtime
+        self.host, self.port = host, port
+        self.flow = IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Future[None] | None = None
+
+    async def handle(self, socket: Any) -> None:
+        if getattr(socket, "request", None) is not None and socket.request.path.split("?")[0] != PATH:
+            await socket.close(code=1008, reason="unknown path")
+            return
+        services = voice_services(self.runtime)
+        if services.pool is None or not services.local_voice:
+            # Without a local recogniser or voice we cannot run the call here: hand it back to
+            # <Gather> and Twilio's recogniser (after-stream picks it up).
+            log.warning("media stream refused: %s", services.unavailable or "no TTS configured")
+            await socket.close(code=1011, reason="local speech unavailable")
+            return
+
+        async def send(message: dict[str, Any]) -> None:
+            await socket.send(json.dumps(message))
+
+        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send)
+        try:
+            async for raw in socket:
+                event = json.loads(raw)
+                kind = event.get("event")
+                if kind == "start":
+                    await call.start(event)
+                elif kind == "media":
+                    await call.media(event)
+                elif kind == "dtmf":
+                    await call.dtmf(event)
+                elif kind == "mark":
+                    await call.mark(event)
+                elif kind == "stop":
+                    break
+        except ConnectionAbortedError:
+            pass
+        except Exception:
+            log.exception("media stream %s failed", call.call_sid)
+            self.runtime.sessions.save(f"stream:{call.call_sid}", {"next": "person"}, 600)
+        finally:
+            await socket.close()
+
+    async def _serve(self) -> None:
+        import websockets
+
+        self._stop = asyncio.get_running_loop().create_future()
+        async with websockets.serve(self.handle, self.host, self.port, max_size=1 << 20) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    def start_in_thread(self) -> threading.Thread:
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+
+        thread = threading.Thread(target=run, name="media-streams", daemon=True)
+        thread.start()
+        self._ready.wait(10)
+        return thread
+
+    def stop(self) -> None:
+        if self._loop and self._stop and not self._stop.done():
+            self._loop.call_soon_threadsafe(self._stop.set_result, None)

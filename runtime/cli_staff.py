@@ -1,0 +1,88 @@
+"""`python -m assistant staff add USERNAME --role R [--grid G] [--department D]`, and the
+composition of the staff directory and queries for the console.
+
+The password is read from stdin when it is not a terminal (first line; for scripts), else asked
+twice without echo. Exit codes: 0 created, 2 refused (bad role, weak password, user exists).
+Also runnable as `python -m runtime.cli_staff add …` until runtime/cli.py lists it.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from assistant.config import Settings, load_settings
+from backend.staff import ROLES, StaffDirectory, StaffPolicy
+from backend.staff_queries import StaffQueries
+
+
+@dataclass
+class StaffServices:
+    directory: StaffDirectory
+    queries: StaffQueries
+
+
+def build_staff_services(settings: Settings, sessions: Any, cipher: Any, clock: Any) -> StaffServices:
+    policy = StaffPolicy.from_config(settings.config)
+    return StaffServices(StaffDirectory(sessions, cipher, clock, policy), StaffQueries(sessions, cipher, clock, policy))
+
+
+def staff_services_for(runtime: Any) -> StaffServices:
+    """`runtime.staff`, built on first use (the container does not know it yet)."""
+    services = getattr(runtime, "staff", None)
+    if services is None:
+        services = build_staff_services(runtime.settings, runtime.db_sessions, runtime.cipher, runtime.clock)
+        runtime.staff = services
+    return services
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("密码（至少10位）: ")
+    if getpass.getpass("再输一次: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from runtime.container import make_cipher, make_clock, open_database
+
+    settings = load_settings()
+    try:
+        password = _read_password()
+        directory = StaffDirectory(open_database(settings), make_cipher(settings), make_clock(settings),
+                                   StaffPolicy.from_config(settings.config))
+        staff = directory.create_user(args.username, password, args.role, grid=args.grid,
+                                      department=args.department, actor="cli:staff-add")
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(json.dumps({"username": staff.username, "role": staff.role, "grids": list(staff.grids),
+                      "department": staff.department}, ensure_ascii=False))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    staff = subparsers.add_parser("staff", help="staff console accounts")
+    sub = staff.add_subparsers(dest="staff_command", required=True)
+    add = sub.add_parser("add", help="create a staff user (password from stdin or prompted)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--grid", help="grid id (grid worker: one; social worker: one or more, comma-separated)")
+    add.add_argument("--department", help="department of a department handler")
+    add.set_defaults(func=cmd_add)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.cli_staff")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["staff", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Speech recognition with the real faster-whisper model on real recordings (tests/audio/).
+
+The model is assembled from the PyPI packages and loaded once per session. Only a few short clips
+are decoded to keep CI short. `SlowTestRecognizer` / `FixedTestRecognizer` stand in for the model
+only in tests about timing and error paths.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.config import load_settings
+from assistant.types import Reply
+from assistant.voice.audio import Audio, load_for_asr, read_wav
+from assistant.voice.evaluate import cer
+from assistant.voice.pipeline import RECOVERY_PROMPTS, VoiceErrorCode, VoiceTurnRequest, run_voice_turn
+from assistant.voice.recognizer import (
+    DecodePool,
+    Expectation,
+    Transcript,
+    VoiceConfig,
+    shared_recognizer,
+    unavailable_reason,
+)
+from assistant.voice.tts import TwilioSay
+from assistant.voice.whisper_asr import (
+    DEFAULT_MODEL_BYTES,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_SHA256,
+    ModelError,
+    WhisperRecognizer,
+    assemble_default_model,
+    check_default_model,
+    resolve_model_dir,
+)
+from runtime import cli_voice
+
+AUDIO = Path(__file__).parent / "audio"
+TEMPERATURES = ("设定二十九度", "设定三十度", "设定三十一度", "设定三十二度", "调高温度")
+
+
+@pytest.fixture(scope="session")
+def asr_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models") / "asr"
+
+
+@pytest.fixture(scope="session")
+def whisper(asr_cache) -> WhisperRecognizer:
+    return WhisperRecognizer(assemble_default_model(asr_cache), source="test")
+
+
+def clip(name: str) -> Audio:
+    return read_wav(AUDIO / name)
+
+
+# --- the model from the packages -----------------------------------------------------------------
+def test_model_is_assembled_from_the_packages_and_verified(whisper, asr_cache):
+    directory = asr_cache / DEFAULT_MODEL_NAME
+    assert whisper.model_dir == directory
+    assert (directory / "model.bin").stat().st_size == DEFAULT_MODEL_BYTES
+    assert {p.name for p in directory.iterdir()} == {"model.bin", "config.json", "tokenizer.json", "vocabulary.json"}
+    assert not [p for p in asr_cache.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    assert assemble_default_model(asr_cache) == directory  # second call: reused, not rebuilt
+
+
+def test_partial_or_corrupt_model_is_refused_with_a_clear_message(tmp_path):
+    target = tmp_path / DEFAULT_MODEL_NAME
+    target.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        (target / name).write_text("{}")
+    (target / "model.bin").write_bytes(b"\0" * 1000)
+    with pytest.raises(ModelError, match="partial or corrupt"):
+        assemble_default_model(tmp_path)
+    with (target / "model.bin").open("r+b") as fh:  # right size, wrong bytes (sparse file)
+        fh.truncate(DEFAULT_MODEL_BYTES)
+    with pytest.raises(ModelError, match=f"corrupt: sha256 .* expected {DEFAULT_MODEL_SHA256}"):
+        check_default_model(target)
+    (target / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match="missing tokenizer.json"):
+        check_default_model(target)
+
+
+def test_asr_model_path_must_be_a_model_directory(tmp_path):
+    with pytest.raises(ModelError, match=r"ASR_MODEL_PATH=.*\(no model.bin\)"):
+        resolve_model_dir({"ASR_MODEL_PATH": str(tmp_path)}, tmp_path / "cache")
+
+
+# --- recognition on real recordings ---------------------------------------------------------------
+def test_recognises_a_real_16k_sentence(whisper):
+    t = whisper.transcribe(clip("aishell1_BAC009S0002W0123.wav"))
+    assert cer("也成为地方政府的眼中钉", t.text) <= 0.2, t.text
+    assert t.recognizer == "faster_whisper" and not t.no_speech
+    assert 0.5 < t.confidence <= 1.0
+    assert 0.2 < t.speech_start < 1.0 and 3.0 < t.speech_end <= 3.9
+    assert t.audio_seconds == pytest.approx(3.865, abs=0.01) and t.decode_seconds > 0
+
+
+def test_recognises_the_same_sentence_from_8k_mulaw(whisper):
+    t = whisper.transcribe(clip("aishell1_BAC009S0002W0123_8k_ulaw.wav"))
+    assert cer("也成为地方政府的眼中钉", t.text) <= 0.4, t.text
+
+
+def test_output_is_simplified_with_numbers_as_said_and_digits_for_the_core(whisper):
+    t = whisper.transcribe(clip("aishell1sample_BAC009S0150W0001.wav"))
+    assert cer("设定二十九度", t.text) <= 0.2, t.text
+    assert "設" not in t.text and not any(ch.isdigit() for ch in t.text)
+
+
+def test_closed_set_choice_among_expected_phrases(whisper):
+    expect = Expectation(phrases=TEMPERATURES, closed=True)
+    for name, truth in (("aishell1sample_BAC009S0150W0001.wav", "设定二十九度"),
+                        ("aishell1sample_BAC009S0150W0005.wav", "调高温度")):
+        t = whisper.transcribe(clip(name), expect)
+        assert t.choice is not None and t.choice.phrase == truth, (t.text, t.ranking)
+        assert t.choice.confidence >= 0.5
+        assert [c.phrase for c in t.ranking][0] == truth and len(t.ranking) == len(TEMPERATURES)
+
+
+def test_an_answer_outside_the_set_gets_low_confidence(whisper):
+    t = whisper.transcribe(clip("aishell1sample_BAC009S0150W0008.wav"), Expectation(("是", "不是", "对", "不对"), True))
+    assert t.choice is not None and t.choice.confidence < 0.5, t.ranking
+
+
+def test_silence_is_no_speech_without_decoding(whisper):
+    quiet = Audio(np.random.default_rng(3).normal(0, 0.002, 8000 * 2).astype(np.float32), 8000, telephone=True)
+    t = whisper.transcribe(quiet)
+    assert t.no_speech and t.text == "" and t.decode_seconds < 0.5
+
+
+def test_decode_pool_runs_off_the_calling_thread(whisper):
+    pool = DecodePool(whisper)
+    seen: list[str] = []
+    original = whisper.transcribe
+
+    class Spy:
+        name = "spy"
+
+        def transcribe(self, audio, expect=None):
+            seen.append(threading.current_thread().name)
+            return original(audio, expect)
+
+    pool.recognizer = Spy()
+    try:
+        t = pool.transcribe(load_for_asr(AUDIO / "aishell1sample_BAC009S0150W0002.wav"), timeout=30)
+    finally:
+        pool.close()
+    assert cer("设定三十度", t.text) <= 0.2 and seen and seen[0].startswith("asr")
+
+
+# --- timing and error paths (test recognisers) ---------------------------------------------------
+class SlowTestRecognizer:
+    """Test stand-in: takes `delay` seconds, as an overloaded machine would."""
+
+    name = "slow-test"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def transcribe(self, audio, expect=None):
+        time.sleep(self.delay)
+        return Transcript("对", "对", 0.9, 0, audio.seconds, audio.seconds, self.delay, self.name)
+
+
+class FixedTestRecognizer:
+    """Test stand-in returning a fixed transcript."""
+
+    name = "fixed-test"
+
+    def __init__(self, text: str, confidence: float) -> None:
+        self.text, self.confidence = text, confidence
+
+    def transcribe(self, audio, expect=None):
+        return Transcript(self.text, self.text, self.confidence, 0, 1, 1, 0.01, self.name, no_speech=not self.text)
+
+
+def _turn(recognizer, config=None, intent_of=None):
+    audio = Audio(np.zeros(8000, dtype=np.float32), 8000, telephone=True)
+    return run_voice_turn(VoiceTurnRequest(audio), recognizer, lambda text: Reply(text=f"收到：{text}"),
+                          TwilioSay(), config or VoiceConfig(), intent_of=intent_of)
+
+
+def test_a_slow_recogniser_times_out_into_the_keypad_prompt():
+    pool = DecodePool(SlowTestRecognizer(2.0))
+    started = time.perf_counter()
+    try:
+        result = _turn(pool, replace(VoiceConfig(), decode_timeout_seconds=0.3))
+    finally:
+        pool.close()
+    assert time.perf_counter() - started < 1.5  # the webhook thread is not held for the slow decode
+    assert result.error.code is VoiceErrorCode.UNAVAILABLE
+    assert result.reply.text == RECOVERY_PROMPTS[VoiceErrorCode.UNAVAILABLE] and "按" in result.reply.text
+
+
+def test_each_error_code_has_its_own_recovery_prompt(whisper):
+    no_speech = run_voice_turn(VoiceTurnRequest(Audio(np.zeros(16000, np.float32), 16000)), whisper,
+                               lambda text: Reply(text=text), TwilioSay(), VoiceConfig())
+    low = _turn(FixedTestRecognizer("嗯啊", 0.2))
+    unknown = _turn(FixedTestRecognizer("今天天气很好", 0.9), intent_of=lambda text: "nlu_fallback")
+    missing = _turn(None)
+    ok = _turn(FixedTestRecognizer("我想办老年证", 0.9), intent_of=lambda text: "apply_senior_card")
+    codes = [r.error.code for r in (no_speech, low, unknown, missing)]
+    assert codes == [VoiceErrorCode.NO_SPEECH, VoiceErrorCode.LOW_CONFIDENCE, VoiceErrorCode.NLU_UNKNOWN,
+                     VoiceErrorCode.UNAVAILABLE]
+    assert len({r.reply.text for r in (no_speech, low, unknown, missing)}) == 4
+    assert ok.error is None and ok.reply.text == "收到：我想办老年证" and ok.speech.path is None
+    assert {"asr", "core", "tts", "total"} <= set(ok.timings)
+
+
+def test_without_a_local_recogniser_the_factory_says_so_and_returns_none():
+    none = replace(VoiceConfig(), recognizer="none")
+    assert shared_recognizer(none) is None and "none" in unavailable_reason(none)
+    vosk = replace(VoiceConfig(), recognizer="vosk")
+    assert shared_recognizer(vosk, env={}) is None and "VOSK_MODEL_PATH" in unavailable_reason(vosk)
+
+
+@pytest.mark.skipif(not os.environ.get("VOSK_MODEL_PATH"), reason="VOSK_MODEL_PATH not set")
+def test_vosk_recognises_real_speech_and_uses_a_grammar():
+    from assistant.voice.vosk_asr import VoskRecognizer
+
+    vosk = VoskRecognizer(Path(os.environ["VOSK_MODEL_PATH"]))
+    t = vosk.transcribe(clip("aishell1_BAC009S0002W0123.wav"))
+    assert cer("也成为地方政府的眼中钉", t.text) <= 0.5, t.text
+    choice = vosk.transcribe(clip("aishell1sample_BAC009S0150W0005.wav"), Expectation(TEMPERATURES, True)).choice
+    assert choice is not None and choice.phrase == "调高温度"
+
+
+# --- command line ---------------------------------------------------------------------------------
+def _settings(asr_cache: Path, tmp_path: Path, **config_overrides):
+    settings = load_settings({"MODEL_DIR": str(asr_cache.parent), "DATA_DIR": str(tmp_path)})
+    config = dict(settings.config)
+    config["voice"] = {**config.get("voice", {}), **config_overrides}
+    return replace(settings, config=config)
+
+
+def test_asr_eval_prints_a_line_per_file_and_a_summary_last(whisper, asr_cache, tmp_path):
+    parser = argparse.ArgumentParser()
+    cli_voice.register(parser.add_subparsers(dest="command"))
+    subset = tmp_path / "set"
+    subset.mkdir()
+    for name in ("aishell1sample_BAC009S0150W0005.wav", "aishell1_BAC009S0002W0123_8k_ulaw.wav"):
+        (subset / name).write_bytes((AUDIO / name).read_bytes())
+    (subset / "transcripts.tsv").write_text(
+        "file\ttext\tspeaker\n"
+        "aishell1sample_BAC009S0150W0005.wav\t调高温度\tS0150\n"
+        "aishell1_BAC009S0002W0123_8k_ulaw.wav\t也成为地方政府的眼中钉\tS0002\n", encoding="utf-8")
+    args = parser.parse_args(["asr-eval", str(subset)])
+    out, err = io.StringIO(), io.StringIO()
+    assert args.func(args, settings=_settings(asr_cache, tmp_path), stdout=out, stderr=err) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["file"] for line in lines[:-1]] == ["aishell1sample_BAC009S0150W0005.wav",
+                                                      "aishell1_BAC009S0002W0123_8k_ulaw.wav"]
+    assert set(lines[0]) >= {"file", "ref", "hyp", "cer", "seconds"}
+    last = lines[-1]
+    assert last["n"] == 2 and 0 <= last["cer"] <= 0.4 and 0 < last["rtf"] < 2
+    assert "2/2" in err.getvalue()  # progress bar on stderr
+
+
+def test_asr_eval_without_transcripts_is_a_clear_error(tmp_path):
+    args = argparse.Namespace(dir=str(tmp_path), telephone=False, recognizer=None, beam=None)
+    err = io.StringIO()
+    assert cli_voice.cmd_asr_eval(args, settings=load_settings({}), stdout=io.StringIO(), stderr=err) == 2
+    assert "transcripts.tsv" in err.getvalue()
+
+
+def test_doctor_reports_recogniser_model_checksum_and_tts(whisper, asr_cache, tmp_path):
+    report = cli_voice.diagnose(_settings(asr_cache, tmp_path))
+    asr = report["recognizer"]
+    assert asr["ok"] and asr["name"] == "faster_whisper"
+    assert asr["model_sha256"] == DEFAULT_MODEL_SHA256 and asr["model_path"].endswith(DEFAULT_MODEL_NAME)
+    assert report["tts"]["configured"] == "espeak" and "speech_input" in report
+
+
+def test_doctor_says_plainly_when_there_is_no_recogniser(asr_cache, tmp_path):
+    settings = _settings(asr_cache, tmp_path, recognizer="vosk")
+    out = io.StringIO()
+    code = cli_voice.cmd_doctor(argparse.Namespace(json=False), settings=replace(settings, env={}), stdout=out)
+    text = out.getvalue()
+    assert code == 1
+    assert "NO working local speech recogniser" in text and "keypad" in text and "VOSK_MODEL_PATH" in text
+
+
+def test_step_phrases_come_from_options_and_lookup_tables():
+    from assistant.voice.phrases import YES_NO, load_lookup_tables, step_expectation
+
+    tables = load_lookup_tables(Path(__file__).resolve().parent.parent / "nlu_data")
+    assert "人民医院" in tables["hospital"]
+    expect = step_expectation(["人工服务"], lookups=["hospital"], lookup_tables=tables)
+    assert expect.phrases[0] == "人工服务" and "人民医院" in expect.phrases and not expect.closed
+    assert step_expectation(YES_NO, closed=True) == Expectation(YES_NO, closed=True)

@@ -1,0 +1,172 @@
+"""Kiosk channel: JSON API contract and the page itself in a real headless Chromium."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from channels.app import create_app
+
+SESSION = "ab" * 12
+
+
+@pytest.fixture
+def kiosk(runtime):
+    return create_app(runtime).test_client()
+
+
+def test_page_is_served_without_caching_and_meets_size_rules(kiosk):
+    page = kiosk.get("/kiosk")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    html = page.get_data(as_text=True)
+    assert 'lang="zh-CN"' in html and "一键呼叫" in html and "重听" in html
+    css = kiosk.get("/kiosk/static/kiosk.css").get_data(as_text=True)
+    assert int(re.search(r"html \{ font-size: (\d+)px", css).group(1)) >= 18
+    assert int(re.search(r"button\.big \{ min-height: (\d+)px", css).group(1)) >= 60
+    assert kiosk.get("/kiosk/static/../README.md").status_code == 404
+
+
+def test_touch_turns_follow_the_conversation(kiosk):
+    body = kiosk.post("/kiosk/api/turn", json={"session": SESSION, "text": "/book_meal"}).get_json()
+    assert body["expects"] == "date" and "哪一天" in body["replies"][-1]["text"]
+    body = kiosk.post("/kiosk/api/turn", json={"session": SESSION, "text": "/request_human"}).get_json()
+    assert body["handoff"] is True
+
+
+def test_reset_forgets_the_conversation(kiosk):
+    kiosk.post("/kiosk/api/turn", json={"session": SESSION, "text": "办老年证"})
+    assert kiosk.post("/kiosk/api/reset", json={"session": SESSION}).get_json() == {"ok": True}
+    body = kiosk.post("/kiosk/api/turn", json={"session": SESSION, "text": "你好"}).get_json()
+    assert body["expects"] == "menu"
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "error"),
+    [
+        ("/kiosk/api/turn", {"json": {"session": "nothex!", "text": "你好"}}, "invalid_session"),
+        ("/kiosk/api/turn", {"json": {"session": SESSION, "text": 5}}, "invalid_text"),
+        ("/kiosk/api/turn", {"data": "x", "content_type": "text/plain"}, "invalid_json"),
+        ("/kiosk/api/reset", {"json": {}}, "invalid_session"),
+        ("/kiosk/api/speech?session=zz", {"data": b"RIFF"}, "invalid_session"),
+    ],
+)
+def test_bad_requests_get_clear_errors(kiosk, path, kwargs, error):
+    response = kiosk.post(path, **kwargs)
+    assert response.status_code == 400 and response.get_json()["error"] == error
+
+
+# -- the page in a real browser -------------------------------------------------------------------
+
+ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parent / "artifacts"
+
+
+def _chromium(fake_audio=None):
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver:
+        from conftest import _unavailable
+
+        _unavailable("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1080,1600", "--autoplay-policy=no-user-gesture-required",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):
+        options.add_argument(flag)
+    if fake_audio:
+        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio}")
+    options.add_argument(f"--user-data-dir={__import__('tempfile').mkdtemp(prefix='kiosk-chrome-')}")
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+@pytest.fixture
+def live_kiosk(runtime):
+    """The kiosk app on a real HTTP server on loopback (the page needs a real origin)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_app(runtime), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def _contrast(fg: str, bg: str) -> float:
+    def luminance(rgb: str) -> float:
+        values = [int(v) / 255 for v in re.findall(r"\d+", rgb)[:3]]
+        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+def test_kiosk_page_by_touch_in_chromium(live_kiosk):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium()
+    try:
+        browser.get(f"{live_kiosk}/kiosk")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "kiosk-start.png"))
+        for button in browser.find_elements(By.CSS_SELECTOR, "button"):
+            if button.is_displayed():
+                size = button.size
+                assert size["height"] >= 60 and size["width"] >= 60, button.text
+                fg = button.value_of_css_property("color")
+                bg = button.value_of_css_property("background-color")
+                assert _contrast(fg, bg) >= 4.5, (button.text, fg, bg)
+        body_px = float(browser.find_element(By.CSS_SELECTOR, ".reply").value_of_css_property("font-size")[:-2])
+        assert body_px >= 18
+        browser.find_element(By.XPATH, "//button[text()='助餐订饭']").click()
+        WebDriverWait(browser, 10).until(lambda b: "哪一天" in b.find_element(By.ID, "replies").text)
+        browser.find_element(By.XPATH, "//button[text()='办老年证']").click()
+        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "keypad").is_displayed())
+        browser.save_screenshot(str(ARTIFACTS / "kiosk-keypad.png"))
+        browser.find_element(By.ID, "call-human").click()
+        WebDriverWait(browser, 10).until(lambda b: "工作人员" in b.find_element(By.ID, "replies").text)
+        # the inactivity dialog can always be extended, and clearing removes what was shown
+        browser.execute_script("askStillThere()")
+        assert browser.find_element(By.ID, "still-there").is_displayed()
+        browser.find_element(By.ID, "keep").click()
+        assert not browser.find_element(By.ID, "still-there").is_displayed()
+        browser.execute_script("clearScreen()")
+        assert "工作人员" not in browser.find_element(By.ID, "replies").text
+    finally:
+        browser.quit()
+
+
+def test_kiosk_hold_to_talk_reaches_the_real_recogniser(live_kiosk, runtime):
+    """Chromium's fake microphone plays a real recording; the page records it while the talk
+    button is held, the server's faster-whisper hears it, and the reply is shown and played."""
+    from pathlib import Path
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    clip = Path(__file__).resolve().parent / "audio" / "aishell1_BAC009S0002W0123.wav"  # 也成为地方政府的眼中钉
+    browser = _chromium(fake_audio=str(clip))
+    try:
+        browser.get(f"{live_kiosk}/kiosk")
+        talk = browser.find_element(By.ID, "talk")
+        ActionChains(browser).click_and_hold(talk).pause(4.5).release().perform()
+        WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "heard").text.strip())
+        heard = browser.find_element(By.ID, "heard").text
+        assert any(word in heard for word in ("政府", "地方", "眼中")), heard
+        assert browser.find_element(By.ID, "replies").text.strip()
+        WebDriverWait(browser, 30).until(
+            lambda b: b.execute_script("const a = document.getElementById('voice');"
+                                       "return a.src && (a.currentTime > 0 || a.ended);"))
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "kiosk-heard.png"))
+    finally:
+        browser.quit()

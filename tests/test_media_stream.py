@@ -1,0 +1,138 @@
+"""Twilio Media Streams: a real recording streamed as 8 kHz μ-law over a real WebSocket, heard by
+the real default recogniser (faster-whisper), answered with real espeak-ng audio."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from assistant.voice.audio import mulaw_encode, read_wav, resample
+from channels.twilio_media import FRAME_BYTES, MediaStreamServer, speech_frames
+
+AUDIO = Path(__file__).resolve().parent / "audio"
+CLIP = AUDIO / "aishell1_BAC009S0002W0123.wav"  # 也成为地方政府的眼中钉 (AISHELL-1, Apache-2.0)
+CALL = "CA" + "c" * 32
+SILENCE = bytes([0xFF]) * FRAME_BYTES  # μ-law digital silence
+
+
+def _phone_frames(path: Path) -> list[bytes]:
+    audio = read_wav(path)
+    data = mulaw_encode(resample(audio.samples, audio.rate, 8000))
+    return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
+
+
+@pytest.fixture
+def stream_server(runtime):
+    if shutil.which("espeak-ng") is None:
+        from conftest import _unavailable
+
+        _unavailable("espeak-ng not installed (apt-get install espeak-ng)")
+    server = MediaStreamServer(runtime, "127.0.0.1", 0)
+    server.start_in_thread()
+    yield server
+    server.stop()
+
+
+class TwilioStream:
+    """Plays Twilio's side of the socket: start, media frames, marks echoed when playback ends."""
+
+    def __init__(self, socket) -> None:
+        self.socket = socket
+        self.received: list[dict] = []
+
+    async def send(self, event: dict) -> None:
+        await self.socket.send(json.dumps(event))
+
+    async def start(self) -> None:
+        await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self.send({"event": "start", "sequenceNumber": "1", "streamSid": "MZ" + "d" * 32,
+                         "start": {"streamSid": "MZ" + "d" * 32, "callSid": CALL, "accountSid": "AC" + "1" * 32,
+                                   "tracks": ["inbound"], "customParameters": {"caller": "+8613800138000"},
+                                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+
+    async def until(self, kind: str, timeout: float = 60.0) -> dict:
+        while True:
+            event = json.loads(await asyncio.wait_for(self.socket.recv(), timeout))
+            self.received.append(event)
+            if event["event"] == kind:
+                return event
+
+    async def media(self, frames: list[bytes]) -> None:
+        for i, frame in enumerate(frames):
+            await self.send({"event": "media", "streamSid": "MZ" + "d" * 32,
+                             "media": {"track": "inbound", "chunk": str(i), "payload": base64.b64encode(frame).decode()}})
+
+    def audio_bytes(self) -> int:
+        return sum(len(base64.b64decode(e["media"]["payload"])) for e in self.received if e["event"] == "media")
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_speech_frames_are_20ms_mulaw(runtime):
+    from runtime.voice_services import voice_services
+
+    path = voice_services(runtime).speech_file("您好")
+    frames = speech_frames(path.read_bytes())
+    assert frames and all(len(f) == FRAME_BYTES for f in frames[:-1])
+
+
+def test_real_recording_is_heard_and_answered_with_audio(stream_server, runtime):
+    import websockets
+
+    async def call() -> TwilioStream:
+        async with websockets.connect(f"ws://127.0.0.1:{stream_server.port}/media-stream") as socket:
+            twilio = TwilioStream(socket)
+            await twilio.start()
+            mark = await twilio.until("mark")  # the greeting and menu were played
+            assert twilio.audio_bytes() > 8000  # more than a second of speech
+            await twilio.send({"event": "mark", "streamSid": "MZ" + "d" * 32, "mark": mark["mark"]})
+            before = twilio.audio_bytes()
+            await twilio.media(_phone_frames(CLIP) + [SILENCE] * 75)  # the caller speaks, then 1.5 s quiet
+            await twilio.until("mark", timeout=120)
+            assert twilio.audio_bytes() > before  # the assistant answered with speech
+            return twilio
+
+    _run(call())
+    record = runtime.calls.get(CALL)
+    heard = [text for role, text in record["transcript"] if role == "caller"]
+    assert any("政府" in text or "地方" in text for text in heard), heard
+
+
+def test_caller_talking_over_a_prompt_stops_it(stream_server):
+    import websockets
+
+    async def call() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{stream_server.port}/media-stream") as socket:
+            twilio = TwilioStream(socket)
+            await twilio.start()
+            await twilio.until("mark")  # prompt sent; we do not echo the mark: it is still playing
+            await twilio.media(_phone_frames(CLIP)[:60])
+            await twilio.until("clear", timeout=30)
+
+    _run(call())
+
+
+def test_zero_key_leaves_the_stream_for_a_person(stream_server, runtime):
+    import websockets
+
+    async def call() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{stream_server.port}/media-stream") as socket:
+            twilio = TwilioStream(socket)
+            await twilio.start()
+            mark = await twilio.until("mark")
+            await twilio.send({"event": "mark", "streamSid": "MZ" + "d" * 32, "mark": mark["mark"]})
+            await twilio.send({"event": "dtmf", "streamSid": "MZ" + "d" * 32, "dtmf": {"track": "inbound_track",
+                                                                                      "digit": "0"}})
+            last = await twilio.until("mark")
+            await twilio.send({"event": "mark", "streamSid": "MZ" + "d" * 32, "mark": last["mark"]})
+            with pytest.raises(websockets.ConnectionClosed):
+                await twilio.until("never", timeout=10)
+
+    _run(call())
+    assert runtime.sessions.load(f"stream:{CALL}")["next"] == "person"

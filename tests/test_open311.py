@@ -1,0 +1,72 @@
+"""Open311 GeoReport v2: services, reading requests without personal data, filing requests."""
+from __future__ import annotations
+
+from fixtures.twilio_world import RESIDENT, jpeg
+from sms_fixtures import reference_in
+
+KEY = "city-tool-key"
+
+
+def test_services_list_the_taxonomy(sms):
+    services = sms.client.get("/open311/v2/services.json").get_json()
+    codes = {s["service_code"]: s for s in services}
+    assert {"municipal", "sanitation", "fire", "property", "noise", "other"} <= set(codes)
+    assert codes["fire"]["service_name"] == "消防安全" and codes["fire"]["metadata"] is False
+    assert codes["fire"]["type"] == "realtime" and codes["fire"]["group"] == "街道消防科"
+
+
+def test_public_reads_carry_no_personal_data_and_link_the_photo(sms):
+    reference = reference_in(sms.send("阳光小区3号楼2单元501门口路灯坏了 我电话13712345678",
+                                      media=[(sms.media.add("o311.jpg", jpeg()), "image/jpeg")])[0])
+    sms.run_jobs(after_seconds=121)
+    [item] = sms.client.get(f"/open311/v2/requests/{reference}.json").get_json()
+    assert item["service_request_id"] == reference and item["status"] == "open"
+    assert item["service_code"] == "municipal" and item["agency_responsible"] == "街道城管科"
+    assert item["address"] == "阳光小区3号楼2单元" and item["lat"] == 39.9151
+    assert item["description"] is None  # a resident's SMS text stays private
+    text = str(item)
+    for secret in ("13712345678", "13800138000", RESIDENT, "501"):
+        assert secret not in text
+    assert item["media_url"].startswith("https://sms.example.org/open311/media/")
+    photo = sms.client.get(item["media_url"].removeprefix("https://sms.example.org"))
+    assert photo.status_code == 200 and photo.data[:3] == b"\xff\xd8\xff"
+    listed = sms.client.get("/open311/v2/requests.json?status=open&service_code=municipal").get_json()
+    assert [i["service_request_id"] for i in listed] == [reference]
+    assert sms.client.get("/open311/v2/requests.json?status=closed").get_json() == []
+    assert sms.client.get("/open311/v2/requests/31234567.json").status_code == 404
+    assert sms.client.get("/open311/media/" + "0" * 64 + ".jpg").status_code == 404
+    assert sms.client.get("/open311/v2/requests.json?start_date=yesterday").status_code == 400
+
+
+def test_city_tools_file_requests_that_enter_the_loop(sms):
+    response = sms.client.post("/open311/v2/requests.json", data={
+        "api_key": KEY, "service_code": "fire", "lat": "39.9202", "long": "116.4101",
+        "description": "消防通道被杂物堵住", "phone": "13600136000"})
+    assert response.status_code == 201
+    [created] = response.get_json()
+    reference = created["service_request_id"]
+    sms.run_jobs()
+    [item] = sms.client.get(f"/open311/v2/requests/{reference}.json").get_json()
+    assert item["status"] == "open" and item["agency_responsible"] == "街道消防科"
+    assert item["description"] == "消防通道被杂物堵住" and item["address"] == "幸福里小区"
+    assert any(reference in m.body for m in sms.api.sent if m.to == "+8613600136000")
+    sms.loop.desk.staff_action(reference, "accept", "staff:li")
+    sms.loop.desk.staff_action(reference, "resolve", "staff:li", note="已清理")
+    [item] = sms.client.get(f"/open311/v2/requests/{reference}.json").get_json()
+    assert item["status"] == "closed" and item["status_notes"] == "已清理"
+
+
+def test_filing_needs_a_key_a_known_service_and_a_place(sms):
+    post = sms.client.post
+    assert post("/open311/v2/requests.json", data={"service_code": "fire", "lat": "39.9", "long": "116.4"}
+                ).status_code == 403
+    assert post("/open311/v2/requests.json", data={"api_key": "wrong", "service_code": "fire", "lat": "1",
+                                                   "long": "2"}).status_code == 403
+    bad = post("/open311/v2/requests.json", data={"api_key": KEY, "service_code": "nope", "lat": "39.9",
+                                                  "long": "116.4"})
+    assert bad.status_code == 400 and bad.get_json()[0]["code"] == 400
+    assert post("/open311/v2/requests.json", data={"api_key": KEY, "service_code": "fire"}).status_code == 400
+    assert post("/open311/v2/requests.json", data={"api_key": KEY, "service_code": "fire", "lat": "abc",
+                                                   "long": "1"}).status_code == 400
+    assert post("/open311/v2/requests.json", data={"api_key": KEY, "service_code": "fire", "lat": "99",
+                                                   "long": "1"}).status_code == 400

@@ -1,0 +1,150 @@
+"""The staff console in a real headless Chromium (Debian's chromium + chromedriver): login, the
+handoff queue and a transcript, a masked resident revealed, the alert countdowns. Screenshots
+go to tests/artifacts/console-*.png."""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from staff_world import PASSWORD, PEOPLE, build_world
+
+from backend.models import AuditEntry
+from channels.app import create_app
+from channels.console import make_blueprint
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def _chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver:
+        from conftest import _unavailable
+
+        _unavailable("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update", "--window-size=1280,1000",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='console-chrome-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+@pytest.fixture
+def live_console(runtime):
+    from werkzeug.serving import make_server
+
+    world = build_world(runtime)
+    app = create_app(runtime)
+    if "console" not in app.blueprints:  # until channels/app.py lists the console
+        app.register_blueprint(make_blueprint(runtime))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", world
+    server.shutdown()
+
+
+def _contrast(fg: str, bg: str) -> float:
+    def luminance(rgb: str) -> float:
+        values = [int(v) / 255 for v in re.findall(r"\d+", rgb)[:3]]
+        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+def _check_sizes(browser) -> None:
+    """适老化 figures: body text ≥ 18px, every control ≥ 60×60 with contrast ≥ 4.5:1."""
+    from selenium.webdriver.common.by import By
+
+    assert float(browser.find_element(By.TAG_NAME, "body").value_of_css_property("font-size")[:-2]) >= 18
+    for control in browser.find_elements(By.CSS_SELECTOR, "button, a.btn, a.tab, input:not([type=hidden])"):
+        if control.is_displayed():
+            assert control.size["height"] >= 60 and control.size["width"] >= 60, control.text
+            fg, bg = control.value_of_css_property("color"), control.value_of_css_property("background-color")
+            assert _contrast(fg, bg) >= 4.5, (control.text, fg, bg)
+
+
+def _login(browser, base: str, username: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/console/login")
+    browser.find_element(By.ID, "username").send_keys(username)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login-button").click()
+
+
+def test_console_in_chromium(live_console, runtime):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, world = live_console
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser = _chromium()
+    try:
+        # a wrong password is refused on the page itself
+        browser.get(f"{base}/console/login")
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-login.png"))
+        browser.find_element(By.ID, "username").send_keys("agent")
+        browser.find_element(By.ID, "password").send_keys("not-the-password")
+        browser.find_element(By.ID, "login-button").click()
+        assert "不对" in browser.find_element(By.ID, "login-message").text
+
+        # the agent: handoff queue → take → transcript and form so far
+        _login(browser, base, "agent")
+        WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/console/handoffs"))
+        queue = browser.find_element(By.ID, "handoff-queue").text
+        assert world.handoff in queue and "紧急" in queue
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-handoffs.png"))
+        browser.find_element(By.XPATH, "//button[text()='接入']").click()
+        WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "transcript"))
+        assert "我想办老年证" in browser.find_element(By.ID, "transcript").text
+        assert "张秀兰" in browser.find_element(By.ID, "form-slots").text
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-handoff.png"))
+        browser.find_element(By.XPATH, "//button[text()='退出登录']").click()
+        WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/console/login"))
+
+        # a grid worker: the resident is masked until 显示, which is audited
+        _login(browser, base, "grida")
+        WebDriverWait(browser, 10).until(lambda b: "/console/tickets" in b.current_url)
+        browser.get(f"{base}/console/residents/{world.residents['G01']}")
+        name, phone, _ = PEOPLE["G01"]
+        assert browser.find_element(By.ID, "r-name").text == "张*兰"
+        assert browser.find_element(By.ID, "r-phone").text == "137****1111"
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-resident-masked.png"))
+        browser.find_element(By.ID, "reveal").click()
+        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "r-name").text == name)
+        assert browser.find_element(By.ID, "r-phone").text == phone
+        browser.save_screenshot(str(ARTIFACTS / "console-resident-revealed.png"))
+        with runtime.db_sessions() as session:
+            reveal = session.scalars(select(AuditEntry).where(AuditEntry.actor == "staff:grida",
+                                                              AuditEntry.entity_type == "resident")).all()
+        assert len(reveal) == 1 and '"view":"reveal"' in reveal[0].detail
+        # another grid's resident is simply not there
+        browser.get(f"{base}/console/residents/{world.residents['G02']}")
+        assert "不在您负责的范围" in browser.find_element(By.TAG_NAME, "body").text
+
+        # alerts with their SLA countdown
+        browser.get(f"{base}/console/alerts")
+        table = browser.find_element(By.ID, "alerts").text
+        assert "H-G01" in table and "H-G02" not in table and "剩余 30 分钟" in table
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-alerts.png"))
+        browser.get(f"{base}/console/tickets")
+        browser.save_screenshot(str(ARTIFACTS / "console-tickets.png"))
+    finally:
+        browser.quit()
