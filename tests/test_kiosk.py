@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from browser import ARTIFACTS, chromium, contrast, serving
 
 from channels.app import create_app
 
@@ -57,62 +58,18 @@ def test_bad_requests_get_clear_errors(kiosk, path, kwargs, error):
 
 # -- the page in a real browser -------------------------------------------------------------------
 
-ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parent / "artifacts"
-
-
-def _chromium(fake_audio=None):
-    import shutil
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        from conftest import _unavailable
-
-        _unavailable("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1080,1600", "--autoplay-policy=no-user-gesture-required",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):
-        options.add_argument(flag)
-    if fake_audio:
-        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio}")
-    options.add_argument(f"--user-data-dir={__import__('tempfile').mkdtemp(prefix='kiosk-chrome-')}")
-    return webdriver.Chrome(options=options, service=Service(driver))
-
 
 @pytest.fixture
 def live_kiosk(runtime):
-    """The kiosk app on a real HTTP server on loopback (the page needs a real origin)."""
-    import threading
-
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, create_app(runtime), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(create_app(runtime)) as base:
+        yield base
 
 
-def _contrast(fg: str, bg: str) -> float:
-    def luminance(rgb: str) -> float:
-        values = [int(v) / 255 for v in re.findall(r"\d+", rgb)[:3]]
-        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
-        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
-
-    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
-    return (a + 0.05) / (b + 0.05)
-
-
-def test_kiosk_page_by_touch_in_chromium(live_kiosk):
+def test_kiosk_page_by_touch_inchromium(live_kiosk):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _chromium()
+    browser = chromium()
     try:
         browser.get(f"{live_kiosk}/kiosk")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -123,7 +80,7 @@ def test_kiosk_page_by_touch_in_chromium(live_kiosk):
                 assert size["height"] >= 60 and size["width"] >= 60, button.text
                 fg = button.value_of_css_property("color")
                 bg = button.value_of_css_property("background-color")
-                assert _contrast(fg, bg) >= 4.5, (button.text, fg, bg)
+                assert contrast(fg, bg) >= 4.5, (button.text, fg, bg)
         body_px = float(browser.find_element(By.CSS_SELECTOR, ".reply").value_of_css_property("font-size")[:-2])
         assert body_px >= 18
         browser.find_element(By.XPATH, "//button[text()='助餐订饭']").click()
@@ -154,7 +111,7 @@ def test_kiosk_hold_to_talk_reaches_the_real_recogniser(live_kiosk, runtime):
     from selenium.webdriver.support.ui import WebDriverWait
 
     clip = Path(__file__).resolve().parent / "audio" / "aishell1_BAC009S0002W0123.wav"  # 也成为地方政府的眼中钉
-    browser = _chromium(fake_audio=str(clip))
+    browser = chromium(fake_audio=str(clip))
     try:
         browser.get(f"{live_kiosk}/kiosk")
         talk = browser.find_element(By.ID, "talk")

@@ -3,13 +3,8 @@ handoff queue and a transcript, a masked resident revealed, the alert countdowns
 go to tests/artifacts/console-*.png."""
 from __future__ import annotations
 
-import re
-import shutil
-import tempfile
-import threading
-from pathlib import Path
-
 import pytest
+from browser import ARTIFACTS, chromium, contrast, serving
 from sqlalchemy import select
 from staff_world import PASSWORD, PEOPLE, build_world
 
@@ -17,50 +12,15 @@ from backend.models import AuditEntry
 from channels.app import create_app
 from channels.console import make_blueprint
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-
-
-def _chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        from conftest import _unavailable
-
-        _unavailable("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update", "--window-size=1280,1000",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='console-chrome-')}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(driver))
-
 
 @pytest.fixture
 def live_console(runtime):
-    from werkzeug.serving import make_server
-
     world = build_world(runtime)
     app = create_app(runtime)
     if "console" not in app.blueprints:  # until channels/app.py lists the console
         app.register_blueprint(make_blueprint(runtime))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", world
-    server.shutdown()
-
-
-def _contrast(fg: str, bg: str) -> float:
-    def luminance(rgb: str) -> float:
-        values = [int(v) / 255 for v in re.findall(r"\d+", rgb)[:3]]
-        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
-        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
-
-    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
-    return (a + 0.05) / (b + 0.05)
+    with serving(app) as base:
+        yield base, world
 
 
 def _check_sizes(browser) -> None:
@@ -72,7 +32,7 @@ def _check_sizes(browser) -> None:
         if control.is_displayed():
             assert control.size["height"] >= 60 and control.size["width"] >= 60, control.text
             fg, bg = control.value_of_css_property("color"), control.value_of_css_property("background-color")
-            assert _contrast(fg, bg) >= 4.5, (control.text, fg, bg)
+            assert contrast(fg, bg) >= 4.5, (control.text, fg, bg)
 
 
 def _login(browser, base: str, username: str) -> None:
@@ -84,13 +44,13 @@ def _login(browser, base: str, username: str) -> None:
     browser.find_element(By.ID, "login-button").click()
 
 
-def test_console_in_chromium(live_console, runtime):
+def test_console_inchromium(live_console, runtime):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, world = live_console
     ARTIFACTS.mkdir(exist_ok=True)
-    browser = _chromium()
+    browser = chromium()
     try:
         # a wrong password is refused on the page itself
         browser.get(f"{base}/console/login")
