@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from runtime.ticket_loop import background_worker
 
         background_worker(runtime).start_thread()
+    # Load (on a fresh clone: assemble, with progress in the log) the recogniser now, in the
+    # background, so the first caller does not wait for it; text channels serve meanwhile.
+    from runtime.voice_services import voice_services
+
+    threading.Thread(target=lambda: voice_services(runtime).pool, name="asr-warmup", daemon=True).start()
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
     return 0
 

