@@ -1,8 +1,13 @@
 """Department side of the ticket loop: a JSON API to list, accept, start, resolve (with a photo
 and a note), reject, route and reopen tickets. The resident gets an SMS at each public step.
 
-Protected for now by one bearer token (env STAFF_API_TOKEN; unset → the API is off, 403); a
-later issue brings staff roles and login. `X-Staff-Name` names the person for the event rows.
+Who may call it: a staff member, with the session token from `POST /staff/api/login` (the console
+accounts, lockout and rate limits); every ticket they list, read or act on is filtered by their
+role in SQL (a department handler: their department's tickets; a grid worker: their grid's; admin:
+all). An integration with the whole city's tickets may instead use the one bearer token in env
+STAFF_API_TOKEN, which acts as admin (`X-Staff-Name` then names the person for the event rows).
+
+POST /staff/api/login   {"username", "password"}                → {"token", "expires_in_hours"}
 
 GET  /staff/api/tickets?status=routed&department=…&triage=1   list (no personal data)
 GET  /staff/api/tickets/<ref>                                 one ticket with description,
@@ -19,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
+from runtime.cli_staff import staff_services_for
 from runtime.ticket_loop import ticket_loop_for
 
 NAME = "staff_api"
@@ -57,17 +63,43 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     photo_limit = desk.media.policy.max_bytes + 64 * 1024
 
+    staff = staff_services_for(runtime)
+
+    @bp.post("/login")
+    def login():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("username", "password")):
+            return _error("invalid_json", "body must be {\"username\": …, \"password\": …}", 400)
+        result = staff.directory.authenticate(body["username"], body["password"], request.remote_addr or "")
+        if result.outcome != "ok":
+            status = {"locked": 423, "throttled": 429}.get(result.outcome, 403)
+            return _error(result.outcome, "login refused", status)
+        return jsonify({"token": result.session_token, "expires_in_hours": staff.directory.policy.session_max_hours})
+
     @bp.before_request
     def authorise():
         request.max_content_length = photo_limit  # a fix photo is bigger than the app's 1 MB webhook cap
+        if request.endpoint == f"{NAME}.login":
+            return None
         given = request.headers.get("Authorization", "")
-        if not token or not given.startswith("Bearer ") or not hmac.compare_digest(given[7:], token):
-            return _error("forbidden", "staff token missing or wrong", 403)
+        bearer = given[7:] if given.startswith("Bearer ") else ""
+        if token and bearer and hmac.compare_digest(bearer, token):
+            g.staff = None  # the integration token: admin, unscoped
+            return None
+        active = staff.directory.session(bearer) if bearer else None
+        if active is None or not staff.queries.allows(active.staff, "tickets"):
+            return _error("forbidden", "staff token missing, expired or without access to tickets", 403)
+        g.staff = active.staff
         return None
 
     def actor() -> str:
+        if g.staff is not None:
+            return g.staff.actor
         name = request.headers.get("X-Staff-Name", "").strip()
         return f"staff:{name}" if _NAME_RE.match(name) else "staff:api"
+
+    def visible(reference: str) -> bool:
+        return g.staff is None or staff.queries.can_see_ticket(g.staff, reference)
 
     @bp.get("/tickets")
     def list_tickets():
@@ -75,10 +107,15 @@ def make_blueprint(runtime: Any) -> Blueprint:
         views = desk.search(status=status or None, department=request.args.get("department") or None,
                           triage=request.args.get("triage") == "1",
                           limit=min(500, int(request.args.get("limit", "100") or 100)))
+        if g.staff is not None:  # the role's scope, from the same SQL predicate the console uses
+            allowed = set(staff.queries.ticket_references(g.staff, limit=5000))
+            views = [v for v in views if v.reference in allowed]
         return jsonify([ticket_json(v, desk.media.find) for v in views])
 
     @bp.get("/tickets/<reference>")
     def get_ticket(reference: str):
+        if not visible(reference):  # outside the role's scope: as if it did not exist
+            return _error("not_found", f"no ticket {reference}", 404)
         view = desk.view(reference, actor=actor())
         if view is None:
             return _error("not_found", f"no ticket {reference}", 404)
@@ -88,6 +125,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
     def act(reference: str, action: str):
         if action not in ACTIONS:
             return _error("unknown_action", f"action must be one of {sorted(ACTIONS)}", 404)
+        if not visible(reference):
+            return _error("not_found", f"no ticket {reference}", 404)
         if request.is_json:
             body = request.get_json(silent=True)
             if not isinstance(body, dict):

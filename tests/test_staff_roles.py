@@ -333,3 +333,31 @@ def test_cli_adds_a_user_with_the_password_from_stdin(runtime, settings_env, mon
     result = staff_services_for(runtime).directory.authenticate("wang.li", "a-long-password-1", "127.0.0.1")
     assert result.outcome == "ok" and result.staff.grids == ("G03",)
     assert re.fullmatch(r"[\w-]{40,}", result.session_token)
+
+
+# --- the department JSON API: the same scopes as the console ---------------------------------------
+def test_staff_api_scopes_tickets_by_role(runtime):
+    from channels.app import create_app
+
+    world = build_world(runtime)
+    client = create_app(runtime).test_client()
+
+    def api_login(username: str) -> dict[str, str]:
+        answer = client.post("/staff/api/login", json={"username": username, "password": PASSWORD})
+        assert answer.status_code == 200, answer.get_json()
+        return {"Authorization": f"Bearer {answer.get_json()['token']}"}
+
+    a_ref, b_ref = world.tickets["G01"], world.tickets["G02"]
+    grid_a = api_login("grida")
+    listed = {t["reference"] for t in client.get("/staff/api/tickets", headers=grid_a).get_json()}
+    assert a_ref in listed and b_ref not in listed
+    assert client.get(f"/staff/api/tickets/{a_ref}", headers=grid_a).status_code == 200
+    assert client.get(f"/staff/api/tickets/{b_ref}", headers=grid_a).status_code == 404
+    assert client.post(f"/staff/api/tickets/{b_ref}/accept", headers=grid_a, json={}).status_code == 404
+    water = api_login("water")  # department handler of 水务: the G02 ticket only
+    listed = {t["reference"] for t in client.get("/staff/api/tickets", headers=water).get_json()}
+    assert b_ref in listed and a_ref not in listed
+    assert client.get("/staff/api/tickets").status_code == 403  # no token
+    assert client.get("/staff/api/tickets", headers={"Authorization": "Bearer forged"}).status_code == 403
+    wrong = client.post("/staff/api/login", json={"username": "grida", "password": "not-it"})
+    assert wrong.status_code == 403 and "token" not in wrong.get_json()
