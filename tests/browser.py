@@ -60,3 +60,13 @@ def contrast(fg: str, bg: str) -> float:
 
     a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
     return (a + 0.05) / (b + 0.05)
+
+
+def wait(browser, seconds: float, condition):
+    """WebDriverWait that tolerates the page changing under it (a form post reloads the page, so
+    an element found a moment ago goes stale): keep asking until `condition` holds or time is up."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, seconds, ignored_exceptions=(NoSuchElementException,
+                                                                StaleElementReferenceException)).until(condition)

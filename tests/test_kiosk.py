@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser import ARTIFACTS, chromium, contrast, serving
+from browser import ARTIFACTS, chromium, contrast, serving, wait
 
 from channels.app import create_app
 
@@ -67,7 +67,6 @@ def live_kiosk(runtime):
 
 def test_kiosk_page_by_touch_inchromium(live_kiosk):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser = chromium()
     try:
@@ -84,12 +83,12 @@ def test_kiosk_page_by_touch_inchromium(live_kiosk):
         body_px = float(browser.find_element(By.CSS_SELECTOR, ".reply").value_of_css_property("font-size")[:-2])
         assert body_px >= 18
         browser.find_element(By.XPATH, "//button[text()='助餐订饭']").click()
-        WebDriverWait(browser, 10).until(lambda b: "哪一天" in b.find_element(By.ID, "replies").text)
+        wait(browser, 10, lambda b: "哪一天" in b.find_element(By.ID, "replies").text)
         browser.find_element(By.XPATH, "//button[text()='办老年证']").click()
-        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "keypad").is_displayed())
+        wait(browser, 10, lambda b: b.find_element(By.ID, "keypad").is_displayed())
         browser.save_screenshot(str(ARTIFACTS / "kiosk-keypad.png"))
         browser.find_element(By.ID, "call-human").click()
-        WebDriverWait(browser, 10).until(lambda b: "工作人员" in b.find_element(By.ID, "replies").text)
+        wait(browser, 10, lambda b: "工作人员" in b.find_element(By.ID, "replies").text)
         # the inactivity dialog can always be extended, and clearing removes what was shown
         browser.execute_script("askStillThere()")
         assert browser.find_element(By.ID, "still-there").is_displayed()
@@ -108,7 +107,6 @@ def test_kiosk_hold_to_talk_reaches_the_real_recogniser(live_kiosk, runtime):
 
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     clip = Path(__file__).resolve().parent / "audio" / "aishell1_BAC009S0002W0123.wav"  # 也成为地方政府的眼中钉
     browser = chromium(fake_audio=str(clip))
@@ -116,11 +114,11 @@ def test_kiosk_hold_to_talk_reaches_the_real_recogniser(live_kiosk, runtime):
         browser.get(f"{live_kiosk}/kiosk")
         talk = browser.find_element(By.ID, "talk")
         ActionChains(browser).click_and_hold(talk).pause(4.5).release().perform()
-        WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "heard").text.strip())
+        wait(browser, 120, lambda b: b.find_element(By.ID, "heard").text.strip())
         heard = browser.find_element(By.ID, "heard").text
         assert any(word in heard for word in ("政府", "地方", "眼中")), heard
         assert browser.find_element(By.ID, "replies").text.strip()
-        WebDriverWait(browser, 30).until(
+        wait(browser, 30,
             lambda b: b.execute_script("const a = document.getElementById('voice');"
                                        "return a.src && (a.currentTime > 0 || a.ended);"))
         ARTIFACTS.mkdir(exist_ok=True)

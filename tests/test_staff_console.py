@@ -4,7 +4,7 @@ go to tests/artifacts/console-*.png."""
 from __future__ import annotations
 
 import pytest
-from browser import ARTIFACTS, chromium, contrast, serving
+from browser import ARTIFACTS, chromium, contrast, serving, wait
 from sqlalchemy import select
 from staff_world import PASSWORD, PEOPLE, build_world
 
@@ -46,7 +46,6 @@ def _login(browser, base: str, username: str) -> None:
 
 def test_console_inchromium(live_console, runtime):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     base, world = live_console
     ARTIFACTS.mkdir(exist_ok=True)
@@ -63,23 +62,23 @@ def test_console_inchromium(live_console, runtime):
 
         # the agent: handoff queue → take → transcript and form so far
         _login(browser, base, "agent")
-        WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/console/handoffs"))
+        wait(browser, 10, lambda b: b.current_url.endswith("/console/handoffs"))
         queue = browser.find_element(By.ID, "handoff-queue").text
         assert world.handoff in queue and "紧急" in queue
         _check_sizes(browser)
         browser.save_screenshot(str(ARTIFACTS / "console-handoffs.png"))
         browser.find_element(By.XPATH, "//button[text()='接入']").click()
-        WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "transcript"))
+        wait(browser, 10, lambda b: b.find_elements(By.ID, "transcript"))
         assert "我想办老年证" in browser.find_element(By.ID, "transcript").text
         assert "张秀兰" in browser.find_element(By.ID, "form-slots").text
         _check_sizes(browser)
         browser.save_screenshot(str(ARTIFACTS / "console-handoff.png"))
         browser.find_element(By.XPATH, "//button[text()='退出登录']").click()
-        WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/console/login"))
+        wait(browser, 10, lambda b: b.current_url.endswith("/console/login"))
 
         # a grid worker: the resident is masked until 显示, which is audited
         _login(browser, base, "grida")
-        WebDriverWait(browser, 10).until(lambda b: "/console/tickets" in b.current_url)
+        wait(browser, 10, lambda b: "/console/tickets" in b.current_url)
         browser.get(f"{base}/console/residents/{world.residents['G01']}")
         name, phone, _ = PEOPLE["G01"]
         assert browser.find_element(By.ID, "r-name").text == "张*兰"
@@ -87,7 +86,7 @@ def test_console_inchromium(live_console, runtime):
         _check_sizes(browser)
         browser.save_screenshot(str(ARTIFACTS / "console-resident-masked.png"))
         browser.find_element(By.ID, "reveal").click()
-        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "r-name").text == name)
+        wait(browser, 10, lambda b: b.find_element(By.ID, "r-name").text == name)
         assert browser.find_element(By.ID, "r-phone").text == phone
         browser.save_screenshot(str(ARTIFACTS / "console-resident-revealed.png"))
         with runtime.db_sessions() as session:
