@@ -20,7 +20,10 @@ from sqlalchemy.orm import Session
 from backend.models import Handoff, append_audit
 
 # Folder under DATA_DIR → the retention setting that governs it.
-FILE_AREAS: dict[str, str] = {"audio": "audio_days", "media": "photo_days", "transcripts": "transcript_days"}
+# DATA_DIR/tts holds cached speech of what the assistant said, read-backs of phone numbers
+# included: it is personal audio like a recording (a purged prompt is re-made on demand in ~30 ms).
+FILE_AREAS: dict[str, str] = {"audio": "audio_days", "media": "photo_days", "transcripts": "transcript_days",
+                              "tts": "audio_days"}
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ def _seed(site: Site) -> dict[str, Path]:
         "old_photo": site.file("media/ab/abcdef.jpg", 181, size=100),
         "new_photo": site.file("media/cd/cdef01.jpg", 179),
         "old_transcript": site.file("transcripts/CA1.json", 91),
+        "old_tts": site.file("tts/0123abcd.wav", 31),  # cached speech may say a phone number
+        "new_tts": site.file("tts/4567ef01.wav", 29),
         "elsewhere": site.file("keys.json", 1000),  # outside the purged folders: never touched
     }
     os.symlink(site.data_dir / "keys.json", site.data_dir / "media" / "link.jpg")
@@ -81,16 +83,16 @@ def test_purge_removes_only_what_is_past_retention(site: Site) -> None:
     new_handoff = site.handoff("new")
 
     dry = purge(site.sessions, site.data_dir, POLICY, site.clock(), dry_run=True)
-    assert dry.files == {"audio": 1, "media": 1, "transcripts": 1} and dry.handoff_transcripts == 1
-    assert dry.bytes == 120 and dry.audit_id is None
+    assert dry.files == {"audio": 1, "media": 1, "transcripts": 1, "tts": 1} and dry.handoff_transcripts == 1
+    assert dry.bytes == 130 and dry.audit_id is None
     assert all(p.exists() for p in files.values())  # a dry run deletes nothing
     with site.sessions() as s:
         assert s.scalar(select(AuditEntry).where(AuditEntry.entity_type == "retention")) is None
 
     report = purge(site.sessions, site.data_dir, POLICY, site.clock())
     assert report.summary() == {"dry_run": False, "handoff_transcripts": 1,
-                                "files": {"audio": 1, "media": 1, "transcripts": 1}, "bytes": 120}
-    gone = {"old_audio", "old_photo", "old_transcript"}
+                                "files": {"audio": 1, "media": 1, "transcripts": 1, "tts": 1}, "bytes": 130}
+    gone = {"old_audio", "old_photo", "old_transcript", "old_tts"}
     assert {name for name, p in files.items() if not p.exists()} == gone
     assert not (site.data_dir / "audio" / "2026" / "05").exists()  # emptied folders go too
     assert (site.data_dir / "media" / "link.jpg").is_symlink()  # links are not followed or removed
@@ -104,7 +106,7 @@ def test_purge_removes_only_what_is_past_retention(site: Site) -> None:
         entry = s.get(AuditEntry, report.audit_id)
         assert entry is not None and (entry.action, entry.actor) == ("purge", "retention")
         detail_json = json.loads(entry.detail)
-        assert detail_json["files"] == {"audio": 1, "media": 1, "transcripts": 1}
+        assert detail_json["files"] == {"audio": 1, "media": 1, "transcripts": 1, "tts": 1}
         assert detail_json["handoff_transcripts"] == 1
         assert "abcdef" not in entry.detail and "我要找人" not in entry.detail  # counts, not content
         assert verify_audit_chain(s) is None
