@@ -274,12 +274,8 @@ class DialogueEngine:
         """Takes values the resident volunteered for other slots ("明天中午两份送到3栋").
         True when something was filled, False when the form ended, None when nothing was."""
         filled: bool | None = None
-        type_counts: dict[str, int] = {}
         for slot in form.required_slots:
-            kind = self.domain.slots[slot].type
-            type_counts[kind] = type_counts.get(kind, 0) + 1
-        for slot in form.required_slots:
-            if slot == skip or slot in state.slots or type_counts[self.domain.slots[slot].type] > 1:
+            if slot == skip or slot in state.slots or self._shares_type(form, slot):
                 continue  # two slots of one type (two phones): only the asked one may take it
             outcome = self._extract(slot, parse, requested=False)
             if outcome.found:
@@ -287,6 +283,12 @@ class DialogueEngine:
                     return False
                 filled = True
         return filled
+
+    def _shares_type(self, form: FormSpec, slot: str) -> bool:
+        """Another slot of the form takes the same kind of value (a phone and a parent's phone):
+        a value said in passing cannot tell which one it is meant for."""
+        kind = self.domain.slots[slot].type
+        return sum(self.domain.slots[other].type == kind for other in form.required_slots) > 1
 
     def _accept(self, state: ConversationState, form: FormSpec, slot: str, outcome: SlotOutcome,
                 turn: _Turn) -> bool:
@@ -460,14 +462,9 @@ class DialogueEngine:
         Returns True when applied, False when the form ended, None when nothing matched."""
         mentioned = self._mentioned_slot(form, parse)
         candidates = [mentioned] if mentioned else list(form.required_slots)
-        type_counts: dict[str, int] = {}
-        for slot in form.required_slots:
-            kind = self.domain.slots[slot].type
-            type_counts[kind] = type_counts.get(kind, 0) + 1
         for slot in candidates:
-            if self.domain.slots[slot].type in FREE_TEXT_TYPES and slot != mentioned:
-                continue
-            if slot != mentioned and type_counts[self.domain.slots[slot].type] > 1:
+            if slot != mentioned and (self.domain.slots[slot].type in FREE_TEXT_TYPES
+                                      or self._shares_type(form, slot)):
                 continue
             outcome = self._extract(slot, parse, requested=False)
             if outcome.found and outcome.value != state.slots.get(slot):
