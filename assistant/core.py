@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
+from assistant import logcontext
 from assistant.dialogue.engine import DialogueEngine
 from assistant.dialogue.state import ConversationState
 from assistant.nlu.pipeline import NLU
-from assistant.ports import Clock, SessionStore
+from assistant.ports import Clock, SessionStore, StoreUnavailable
 from assistant.types import Button, ParseResult, Reply, UserMessage
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 class Assistant:
     def __init__(self, nlu: NLU, engine: DialogueEngine, sessions: SessionStore, clock: Clock,
-                 session_ttl_seconds: int, lock_timeout_seconds: float = 10.0) -> None:
+                 session_ttl_seconds: int, lock_timeout_seconds: float = 3.0) -> None:
         self.nlu = nlu
         self.engine = engine
         self.sessions = sessions
@@ -31,6 +32,8 @@ class Assistant:
         return self.nlu.parse(text, self.clock())
 
     def handle(self, message: UserMessage) -> list[Reply]:
+        # The lock wait is short: a turn takes milliseconds, so a held lock means a double tap or
+        # a turn cut by a crash (its lease then runs out); a sync web worker must not sit waiting.
         try:
             return self._handle(message)
         except TimeoutError:
@@ -38,10 +41,17 @@ class Assistant:
             # webhook); answering kindly beats queueing the resident behind it.
             rendered = self.engine.domain.render("utter_busy")
             return [Reply(rendered.text, speech=rendered.speech)]
+        except StoreUnavailable:
+            # Nothing of this turn was kept: say so, and give a way to a person that works now.
+            log.warning("session store unavailable: answered 'try again later'", exc_info=True)
+            hotline = {"hotline": self.engine.settings.hotline}
+            rendered = self.engine.domain.render("utter_unavailable", hotline, hotline)
+            return [Reply(rendered.text, speech=rendered.speech)]
 
     def _handle(self, message: UserMessage) -> list[Reply]:
         key = self.session_key(message.channel, message.sender_id)
-        with self.sessions.lock(key, self.lock_timeout_seconds):
+        # Log lines of this turn carry a non-personal id of the conversation, the same in any worker.
+        with logcontext.conversation(key), self.sessions.lock(key, self.lock_timeout_seconds):
             raw = self.sessions.load(key)
             state = (
                 ConversationState.from_dict(raw)

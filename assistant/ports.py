@@ -87,6 +87,11 @@ class ResidentRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class StoreUnavailable(Exception):
+    """The session store cannot be reached (Redis down, restarting or saturated); adapters raise
+    this instead of their driver's errors so the core can answer kindly."""
+
+
 class ActingForRefused(Exception):
     """Raised by a backend when a family member files for a senior without a grant that covers
     it. `how_to_ask` tells them, in words a resident reads, how to get one."""

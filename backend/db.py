@@ -13,7 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 DEFAULT_URL = "sqlite:///var/assistant.db"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
-SQLITE_BUSY_TIMEOUT_MS = 15_000
+# Every wait on the database is bounded well inside Twilio's 15 s webhook limit, so a saturated or
+# restarting store turns into a polite "busy, try again" answer instead of a timeout or a 500.
+SQLITE_BUSY_TIMEOUT_MS = 8_000
+PG_CONNECT_TIMEOUT_S = 3
+POOL_TIMEOUT_S = 5
 _UPGRADE_LOCK = threading.Lock()
 
 
@@ -48,7 +52,7 @@ def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+def make_engine(url: str | None = None, *, long_running: bool = False, **kwargs: Any) -> Engine:
     url = database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -60,6 +64,13 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)  # survive Postgres restarts / idle disconnects
+    if "poolclass" not in kwargs:  # NullPool (migrations, tests) takes no pool settings
+        kwargs.setdefault("pool_timeout", POOL_TIMEOUT_S)
+    lock_ms = 0 if long_running else int(os.environ.get("DB_LOCK_TIMEOUT_MS", 5000))
+    statement_ms = 0 if long_running else int(os.environ.get("DB_STATEMENT_TIMEOUT_MS", 12000))
+    connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                    "options": f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"}
+    kwargs["connect_args"] = {**connect_args, **kwargs.get("connect_args", {})}
     return create_engine(url, **kwargs)
 
 

@@ -18,12 +18,12 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -85,6 +85,20 @@ def enqueue_in(session: Session, name: str, payload: Mapping[str, Any], run_at: 
         "locked_by": None, "last_error": None, "dedupe_key": dedupe_key, "created_at": now, "updated_at": now})
 
 
+def schedule_if_absent(sessions: sessionmaker[Session], name: str, dedupe_key: str, run_at: datetime,
+                       payload: Mapping[str, Any] | None = None) -> bool:
+    """A recurring job's first run: every worker calls this at start, the first one creates it,
+    the rest (and restarts) leave the existing schedule alone. True when it was created."""
+    try:
+        with sessions() as session, session.begin():
+            if session.scalar(select(Job.id).where(Job.dedupe_key == dedupe_key)) is not None:
+                return False
+            enqueue_in(session, name, payload or {}, run_at, dedupe_key, new=True)
+            return True
+    except IntegrityError:  # another worker created it at the same moment
+        return False
+
+
 class DbJobQueue:
     """JobQueue on the `jobs` table (SQLite or Postgres)."""
 
@@ -142,6 +156,9 @@ class DbJobQueue:
     def fail(self, job: ClaimedJob, worker_id: str, error: str, *, permanent: bool = False) -> None:
         now = self._now()
         dead = permanent or job.attempts >= self.max_attempts
+        if dead:  # operators find it with `python -m assistant jobs dead` and replay it
+            log.error("job %s #%d moved to the dead-letter list after %d attempt(s): %s",
+                      job.name, job.id, job.attempts, error[:200])
         with self._sessions() as session, session.begin():
             session.execute(
                 update(Job)
@@ -218,3 +235,70 @@ class Worker:
         thread = threading.Thread(target=self.run_forever, args=(stop,), name="job-worker", daemon=True)
         thread.start()
         return thread, stop
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What an operator sees of a job (payloads hold row ids only, never personal data)."""
+    id: int
+    name: str
+    state: str
+    attempts: int
+    run_at: datetime
+    updated_at: datetime
+    last_error: str | None
+    payload: str
+
+
+class JobAdmin:
+    """The operator's side of the queue: counts, the dead-letter list (state `failed`: out of
+    attempts or failed for good), replay, and pruning of finished rows."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{name: {state: n}}."""
+        with self._sessions() as session:
+            rows = session.execute(select(Job.name, Job.state, func.count()).group_by(Job.name, Job.state)).all()
+        out: dict[str, dict[str, int]] = {}
+        for name, state, n in rows:
+            out.setdefault(name, {})[state] = int(n)
+        return out
+
+    def list(self, state: str | None = "failed", name: str | None = None, limit: int = 50) -> list[JobView]:
+        query = select(Job).order_by(Job.updated_at.desc(), Job.id.desc()).limit(limit)
+        if state:
+            query = query.where(Job.state == state)
+        if name:
+            query = query.where(Job.name == name)
+        with self._sessions() as session:
+            return [JobView(j.id, j.name, j.state, j.attempts, j.run_at, j.updated_at, j.last_error, j.payload)
+                    for j in session.scalars(query)]
+
+    def replay(self, ids: Sequence[int] = (), *, all_failed: bool = False, name: str | None = None) -> int:
+        """Queues dead jobs again with fresh attempts (after the cause is fixed). Only `failed`
+        rows move, so replaying twice, or a job that already succeeded, does nothing."""
+        if not ids and not all_failed:
+            return 0
+        now = self._clock().astimezone(UTC)
+        query = update(Job).where(Job.state == "failed")
+        if ids:
+            query = query.where(Job.id.in_(list(ids)))
+        if name:
+            query = query.where(Job.name == name)
+        with self._sessions() as session, session.begin():
+            result = session.execute(query.values(state="queued", attempts=0, run_at=now, locked_by=None,
+                                                  locked_until=None, updated_at=now)
+                                     .execution_options(synchronize_session=False))
+            return int(result.rowcount or 0)
+
+    def prune(self, older_than: timedelta) -> int:
+        """Deletes `done` rows last touched before now − older_than (dead ones stay until replayed
+        or looked at: they are the evidence)."""
+        cutoff = self._clock().astimezone(UTC) - older_than
+        with self._sessions() as session, session.begin():
+            result = session.execute(delete(Job).where(Job.state == "done", Job.updated_at < cutoff)
+                                     .execution_options(synchronize_session=False))
+            return int(result.rowcount or 0)

@@ -7,7 +7,8 @@ Alembic revision in backend/migrations/versions (tests compare the two).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
@@ -26,7 +27,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    insert,
     select,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -360,21 +363,20 @@ class AuditEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 
-    def canonical(self) -> str:
-        return canonical_json(
-            {
-                "id": self.id,
-                "at": self.at.astimezone(UTC).isoformat(timespec="microseconds"),
-                "actor": self.actor,
-                "action": self.action,
-                "entity_type": self.entity_type,
-                "entity_id": self.entity_id,
-                "detail": self.detail,
-            }
-        )
-
     def compute_hash(self) -> str:
-        return sm3_hex((self.prev_hash + self.canonical()).encode("utf-8"))
+        return entry_hash({"id": self.id, "at": self.at, "actor": self.actor, "action": self.action,
+                           "entity_type": self.entity_type, "entity_id": self.entity_id, "detail": self.detail,
+                           "prev_hash": self.prev_hash})
+
+
+def entry_hash(row: Mapping[str, Any]) -> str:
+    """SM3 over the previous hash and the entry's canonical JSON (its detail already canonical)."""
+    canonical = canonical_json({
+        "id": row["id"], "at": row["at"].astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": row["actor"], "action": row["action"], "entity_type": row["entity_type"],
+        "entity_id": row["entity_id"], "detail": row["detail"],
+    })
+    return sm3_hex((row["prev_hash"] + canonical).encode("utf-8"))
 
 
 class AuditHead(Base):
@@ -400,6 +402,22 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class AppendedAudit:
+    id: int
+    hash: str
+
+
+_AUDIT_ENTRIES = AuditEntry.__table__
+_AUDIT_HEAD = AuditHead.__table__
+# Core statements built once: this runs in every write of personal data, and the ORM unit of work
+# (identity map, flush) cost more than the SQL itself while the head lock is held.
+_LOCK_HEAD = (select(_AUDIT_HEAD.c.last_id, _AUDIT_HEAD.c.last_hash)
+              .where(_AUDIT_HEAD.c.id == 1).with_for_update())
+_INSERT_ENTRY = insert(_AUDIT_ENTRIES)
+_MOVE_HEAD = update(_AUDIT_HEAD).where(_AUDIT_HEAD.c.id == 1)
+
+
 def append_audit(
     session: Session,
     *,
@@ -409,35 +427,36 @@ def append_audit(
     entity_type: str,
     entity_id: int | None,
     detail: Mapping[str, Any],
-) -> AuditEntry:
+) -> AppendedAudit:
     """Appends one entry inside the caller's transaction.
 
     The head row is taken with SELECT … FOR UPDATE (Postgres row lock; SQLite ignores it, but
     there every transaction starts with BEGIN IMMEDIATE, see backend.db). Call it last in a unit
     of work so the lock is held only until commit and lock order is always data → head.
     """
-    head = session.execute(
-        select(AuditHead)
-        .where(AuditHead.id == 1)
-        .with_for_update()
-        .execution_options(populate_existing=True)  # never trust a head cached from before
-    ).scalar_one()
-    entry = AuditEntry(
-        id=head.last_id + 1,
-        at=at.astimezone(UTC),
-        actor=actor,
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        detail=canonical_json(dict(detail)),
-        prev_hash=head.last_hash,
-    )
-    entry.hash = entry.compute_hash()
-    head.last_id = entry.id
-    head.last_hash = entry.hash
-    session.add(entry)
-    session.flush()
-    return entry
+    return append_audits(session, at, [dict(actor=actor, action=action, entity_type=entity_type,
+                                            entity_id=entity_id, detail=detail)])[-1]
+
+
+def append_audits(session: Session, at: datetime, entries: Sequence[Mapping[str, Any]]) -> list[AppendedAudit]:
+    """Several entries under one take of the head lock (a unit of work's audits, in order)."""
+    session.flush()  # the data these entries describe is written first (lock order data → head)
+    conn = session.connection()
+    last_id, last_hash = conn.execute(_LOCK_HEAD).one()
+    at = at.astimezone(UTC)
+    rows, appended = [], []
+    for entry in entries:
+        last_id += 1
+        row = {"id": last_id, "at": at, "actor": entry["actor"], "action": entry["action"],
+               "entity_type": entry["entity_type"], "entity_id": entry["entity_id"],
+               "detail": canonical_json(dict(entry["detail"])), "prev_hash": last_hash}
+        last_hash = row["hash"] = entry_hash(row)
+        rows.append(row)
+        appended.append(AppendedAudit(last_id, last_hash))
+    if rows:
+        conn.execute(_INSERT_ENTRY, rows)
+        conn.execute(_MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
+    return appended
 
 
 def verify_audit_chain(session: Session) -> int | None:

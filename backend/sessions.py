@@ -14,8 +14,11 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import LockError
+from redis.retry import Retry
 
+from assistant.ports import StoreUnavailable
 from backend.crypto import FieldCipher
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,14 @@ class MemorySessionStore:
                     self._locks[key] = (lock, users - 1)
 
 
+@contextmanager
+def _reachable() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
 class RedisSessionStore:
     """State as JSON under `prefix + key` with EX ttl; locks are redis-py Locks with a lease,
     so a worker that dies mid-turn blocks its conversation for at most `lock_lease_seconds`."""
@@ -95,7 +106,7 @@ class RedisSessionStore:
         prefix: str = "asst:sess:",
         *,
         lock_prefix: str = "asst:lock:",
-        lock_lease_seconds: float = 30.0,
+        lock_lease_seconds: float = 15.0,
     ) -> None:
         self._redis = redis_client
         self._prefix = prefix
@@ -103,7 +114,8 @@ class RedisSessionStore:
         self._lease = lock_lease_seconds
 
     def load(self, key: str) -> dict[str, Any] | None:
-        raw = self._redis.get(self._prefix + key)
+        with _reachable():
+            raw = self._redis.get(self._prefix + key)
         if raw is None:
             return None
         state: dict[str, Any] = json.loads(raw)  # type: ignore[arg-type]
@@ -112,10 +124,16 @@ class RedisSessionStore:
     def save(self, key: str, state: dict[str, Any], ttl_seconds: int) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
-        self._redis.set(self._prefix + key, _dumps(state), ex=ttl_seconds)
+        with _reachable():
+            self._redis.set(self._prefix + key, _dumps(state), ex=ttl_seconds)
 
     def delete(self, key: str) -> None:
-        self._redis.delete(self._prefix + key)
+        with _reachable():
+            self._redis.delete(self._prefix + key)
+
+    def ping(self) -> bool:
+        with _reachable():
+            return bool(self._redis.ping())
 
     @contextmanager
     def lock(self, key: str, timeout_seconds: float = 10.0) -> Iterator[None]:
@@ -126,7 +144,9 @@ class RedisSessionStore:
             blocking_timeout=timeout_seconds,
             thread_local=False,  # the token is checked on release; one lock object per turn
         )
-        if not lock.acquire():
+        with _reachable():
+            acquired = lock.acquire()
+        if not acquired:
             raise TimeoutError("conversation is busy (session lock not acquired)")
         try:
             yield
@@ -135,6 +155,8 @@ class RedisSessionStore:
                 lock.release()
             except LockError:  # lease ran out during a slow turn; someone else may hold it now
                 log.warning("session lock lease expired before release")
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                log.warning("session lock not released (Redis unreachable); its lease will expire")
 
 
 class EncryptedSessionStore:
@@ -172,5 +194,9 @@ def make_session_store(
     else in-process memory."""
     if not redis_url:
         return MemorySessionStore()
-    store = RedisSessionStore(redis.Redis.from_url(redis_url))
+    # Short socket time-outs: a Redis that hangs or restarts must turn into a polite "busy" answer
+    # well inside Twilio's 15 s, not a worker stuck on a socket (redis-py retries a few times).
+    client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=1.0,
+                                  health_check_interval=30, retry=Retry(NoBackoff(), 1))
+    store = RedisSessionStore(client)
     return EncryptedSessionStore(store, cipher) if cipher is not None else store

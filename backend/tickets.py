@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,7 @@ from backend.crypto import FieldCipher
 from backend.gazetteer import Gazetteer, Location, ServiceArea, distance_m
 from backend.jobs import PermanentJobError, enqueue_in
 from backend.media import MediaError, MediaPolicy, MediaStore
-from backend.models import STATUS_LABELS_ZH, StatusEvent, Ticket, TicketMedia, append_audit
+from backend.models import STATUS_LABELS_ZH, StatusEvent, Ticket, TicketMedia, append_audits
 from backend.ocr import TextReader
 from backend.outbox import Outbox
 from backend.references import is_valid_reference, new_reference
@@ -231,9 +232,11 @@ class WriteGate:
     """Queues this process's SQLite writers on an OS file lock before BEGIN IMMEDIATE.
 
     SQLite's busy handler waits for the write lock by sleeping (1, 2, 5 … 100 ms), so two busy
-    server processes spend most of a webhook's latency asleep; a waiter on flock() is woken the
-    moment the holder lets go. Postgres needs none of this (row locks), so there it is a no-op.
+    server processes spend most of a webhook's latency asleep; a waiter here retries the file lock
+    within a millisecond of the holder letting go. Postgres needs none of this (row locks), so there it is a no-op.
     """
+
+    timeout = 4.0  # seconds; then BEGIN IMMEDIATE may wait SQLite's busy_timeout (backend.db)
 
     def __init__(self, path: str | None) -> None:
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing the fd
@@ -253,8 +256,23 @@ class WriteGate:
     def __enter__(self) -> None:
         if self._fd is None:
             return
-        self._thread_lock.acquire()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + self.timeout
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise TimeoutError("database write lock busy")
+        pause = 0.0001
+        # Bounded, so a saturated store still lets the webhook answer "busy" inside Twilio's 15 s
+        # (this wait + SQLite's busy_timeout stay under 13 s). Polling (0.1 → 1 ms; a poll is one
+        # syscall) instead of a blocking flock, which cannot be given a deadline.
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._thread_lock.release()
+                    raise TimeoutError("database write lock busy") from None
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.001)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is None:
@@ -290,8 +308,7 @@ class TicketDesk:
                 with self._gate, self._sessions() as session, session.begin():
                     unit = UnitOfWork(session, self.now())
                     result = work(unit)
-                    for entry in unit.audits:
-                        append_audit(session, at=unit.now, **entry)
+                    append_audits(session, unit.now, unit.audits)
                     return result
             except (IntegrityError, OperationalError) as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from flask import Blueprint, Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from channels import console, kiosk, open311, rest, sensors, staff_api, staff_console, twilio_sms, twilio_voice
+from channels import console, kiosk, open311, ops, rest, sensors, staff_api, staff_console, twilio_sms, twilio_voice
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,15 @@ def create_app(runtime) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024  # webhooks are small; media is fetched, not posted
     app.json.ensure_ascii = False
     app.extensions["runtime"] = runtime
+    # First, so its request hooks (request id, timing) run before any channel's: /healthz, /readyz, /metrics.
+    app.register_blueprint(ops.make_blueprint(runtime))
     for make in CHANNELS:
         app.register_blueprint(make(runtime))
 
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok"})
-
     @app.get("/")
     def index():
-        return jsonify({"service": "community-assistant", "channels": [bp.name for bp in app.blueprints.values()]})
+        return jsonify({"service": "community-assistant",
+                        "channels": [name for name in app.blueprints if name != ops.NAME]})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

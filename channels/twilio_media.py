@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,15 @@ class MediaStreamServer:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop
+
+    def run_forever(self) -> None:
+        """Foreground mode (`python -m assistant streams`): one asyncio process per core behind a
+        WebSocket-aware load balancer; a call's socket stays on one process, its state in Redis."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.run_until_complete(self._serve())
 
     def start_in_thread(self) -> threading.Thread:
         def run() -> None:

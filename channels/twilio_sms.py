@@ -382,7 +382,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
             # Nothing was committed for this message (one transaction per path), so asking the
             # resident to send again loses nothing; the carrier still gets valid TwiML.
             log.exception("sms webhook failed")
-            return twiml([handler.desk.text("busy")])
+            return twiml([handler.desk.text("busy", hotline=runtime.settings.dialogue_settings().hotline)])
 
     @bp.post("/webhooks/twilio/sms/status")
     def status() -> Response:

@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 from assistant.config import load_settings
-from assistant.privacy import MaskingFilter
 
 
 def _logging(verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(MaskingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    # Text for a terminal; LOG_FORMAT=json (production) gives one masked JSON object per line.
+    from runtime.observability import configure_logging
+
+    configure_logging(verbose)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -50,6 +49,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     threading.Thread(target=lambda: voice_services(runtime).pool, name="asr-warmup", daemon=True).start()
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
+    return 0
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    """Twilio Media Streams (local speech recognition on calls) as their own asyncio process."""
+    from channels.twilio_media import MediaStreamServer
+    from runtime.container import build_runtime
+    from runtime.voice_services import voice_services
+
+    settings = load_settings()
+    runtime = build_runtime(settings)
+    from runtime.observability import bind_runtime
+
+    bind_runtime(runtime)  # conversation ids in logs match the web workers'; ASR metrics
+    if voice_services(runtime).pool is None:  # load the recogniser before taking calls
+        logging.getLogger(__name__).warning("no local recogniser: calls will be handed back to <Gather>")
+    server = MediaStreamServer(runtime, args.host or settings.host, args.port)
+    logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", server.host, server.port)
+    server.run_forever()
     return 0
 
 
@@ -131,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-worker", action="store_true",
                        help="do not run background jobs here (production: `worker` processes)")
     serve.set_defaults(func=cmd_serve)
+    streams = sub.add_parser("streams", help="run the Twilio Media Streams server alone (production)")
+    streams.add_argument("--host")
+    streams.add_argument("--port", type=int, default=8001)
+    streams.set_defaults(func=cmd_streams)
     chat = sub.add_parser("chat", help="talk to the assistant in the terminal")
     chat.add_argument("--sender", default="terminal")
     chat.add_argument("--phone", help="pretend the channel knows this caller number")
@@ -148,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     database.add_argument("action", choices=["upgrade"])
     database.set_defaults(func=cmd_db)
     # Command groups of the other subsystems, each in its own module with register(subparsers).
-    from runtime import cli_alerts, cli_privacy, cli_staff, cli_voice, cli_worker
+    from runtime import cli_alerts, cli_jobs, cli_privacy, cli_staff, cli_voice, cli_worker
 
-    for group in (cli_worker, cli_privacy, cli_alerts, cli_staff, cli_voice):
+    for group in (cli_worker, cli_jobs, cli_privacy, cli_alerts, cli_staff, cli_voice):
         group.register(sub)
     return parser
 

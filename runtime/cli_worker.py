@@ -20,7 +20,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from assistant.config import load_settings
     from runtime.cli_alerts import build_alert_desk
     from runtime.container import build_backend, make_cipher, make_clock
-    from runtime.ticket_loop import build_ticket_loop
+    from runtime.ticket_loop import build_ticket_loop, worker_handlers
 
     settings = load_settings()
     clock = make_clock(settings)
@@ -28,7 +28,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     backend = build_backend(settings, clock, cipher)  # also runs migrations to head
     loop = build_ticket_loop(settings, backend.session_factory, cipher, clock)
     alerts = build_alert_desk(settings, backend.session_factory, cipher, clock, loop.outbox)
-    worker = loop.worker(extra_handlers=alerts.job_handlers())
+    handlers = worker_handlers(settings, backend.session_factory, clock, alerts.job_handlers())
+    worker = loop.worker(extra_handlers=handlers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -76,10 +76,11 @@ def build_runtime(
     clock: Clock | None = None,
     sessions: SessionStore | None = None,
     nlu: NLU | None = None,
+    migrate: bool = True,
 ) -> Runtime:
     clock = clock or make_clock(settings)
     cipher = make_cipher(settings)
-    db_sessions = open_database(settings)
+    db_sessions = open_database(settings, migrate)
     backend = StoreBackend(db_sessions, cipher, clock)
     sessions = sessions or make_session_store(settings.redis_url, cipher)
     nlu = nlu or load_nlu(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,45 @@ def ticket_loop_for(runtime: Any) -> TicketLoop:
     return loop
 
 
+PURGE_JOB, PURGE_KEY = "retention.purge", "retention.purge:daily"
+
+
+def retention_handlers(settings: Settings, sessions: Any, clock: Clock) -> dict[str, Any]:
+    """The daily retention purge as a recurring job: the first worker schedules it; each run
+    purges, then re-arms itself for the same time tomorrow (so exactly one run a day, whichever
+    worker takes it, and a missed day runs as soon as a worker is back)."""
+    from backend.jobs import enqueue_in, schedule_if_absent
+    from backend.retention import RetentionPolicy, purge
+
+    hour = int((settings.config.get("retention") or {}).get("purge_hour", 3))  # local time, quiet hours
+    tz = settings.timezone
+
+    def next_run(after: datetime) -> datetime:
+        local = after.astimezone(tz).replace(hour=hour, minute=0, second=0, microsecond=0)
+        return local if local > after else local + timedelta(days=1)
+
+    def run(_payload: Mapping[str, Any]) -> None:
+        now = clock()
+        report = purge(sessions, Path(settings.data_dir), RetentionPolicy.from_config(settings.config), now)
+        log.info("retention purge: %s", report.summary())
+        with sessions() as session, session.begin():
+            enqueue_in(session, PURGE_JOB, {}, next_run(now), PURGE_KEY, now)
+
+    schedule_if_absent(sessions, PURGE_JOB, PURGE_KEY, next_run(clock()))
+    return {PURGE_JOB: run}
+
+
+def worker_handlers(settings: Settings, sessions: Any, clock: Clock,
+                    alert_handlers: Mapping[str, Any]) -> dict[str, Any]:
+    """Every job a worker runs besides the loop's own: care alerts and retention."""
+    return {**alert_handlers, **retention_handlers(settings, sessions, clock)}
+
+
 def background_worker(runtime: Any, worker_id: str | None = None) -> Worker:
-    """The worker for a runtime with every job handler (tickets, outbox, care alerts)."""
+    """The worker for a runtime with every job handler (tickets, outbox, care alerts, retention)."""
     from runtime.cli_alerts import alert_desk_for
 
-    return ticket_loop_for(runtime).worker(worker_id, extra_handlers=alert_desk_for(runtime).job_handlers())
+    loop = ticket_loop_for(runtime)
+    sessions = getattr(runtime, "db_sessions", None) or runtime.backend.session_factory
+    handlers = worker_handlers(runtime.settings, sessions, runtime.clock, alert_desk_for(runtime).job_handlers())
+    return loop.worker(worker_id, extra_handlers=handlers)

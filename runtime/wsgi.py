@@ -3,27 +3,40 @@
 Each server process builds its own runtime from the environment (state lives in the database
 and Redis, never in a worker). Background jobs run in `python -m assistant worker` processes;
 set RUN_WORKER_THREAD=1 to also run a job thread inside each server process.
+
+Production also sets LOG_FORMAT=json (one masked JSON object per log line) and, with several
+workers, PROMETHEUS_MULTIPROC_DIR with the hooks that deploy/gunicorn.conf.py installs:
+`gunicorn -c deploy/gunicorn.conf.py runtime.wsgi:app` (README, "Production shape").
 """
 from __future__ import annotations
 
 import gc
 import logging
 
+from sqlalchemy.exc import OperationalError
+
 from assistant.config import load_settings
+from backend import db
 from channels.app import create_app
 from runtime.container import build_runtime
+from runtime.observability import configure_logging
 from runtime.ticket_loop import background_worker
 
 
 def build_app():
-    from channels import open311, staff_api, staff_console, twilio_sms
-
+    # Gunicorn configures only its own loggers; the application's go through this masked handler.
+    configure_logging()
     settings = load_settings()
-    runtime = build_runtime(settings)
+    # A worker (re)forked while the database is down must still boot, or gunicorn halts the whole
+    # web tier ("Worker failed to boot"): it then answers "busy" until the database is back, and
+    # /readyz says so. Schema upgrades belong to deployment (the unit's ExecStartPre).
+    try:
+        db.upgrade(settings.database_url)
+    except (OperationalError, OSError) as exc:
+        logging.getLogger(__name__).warning("database unreachable at start (%s); serving anyway",
+                                            type(exc).__name__)
+    runtime = build_runtime(settings, migrate=False)
     app = create_app(runtime)
-    for module in (twilio_sms, staff_api, staff_console, open311):  # until channels/app.py lists them
-        if module.NAME not in app.blueprints:
-            app.register_blueprint(module.make_blueprint(runtime))
     if settings.env.get("RUN_WORKER_THREAD") == "1":
         background_worker(runtime).start_thread()
         logging.getLogger(__name__).info("job worker thread started")

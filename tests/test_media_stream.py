@@ -136,3 +136,46 @@ def test_zero_key_leaves_the_stream_for_a_person(stream_server, runtime):
 
     _run(call())
     assert runtime.sessions.load(f"stream:{CALL}")["next"] == "person"
+
+
+def test_streams_command_serves_calls_as_its_own_process_and_stops_cleanly(settings_env, tmp_path):
+    """`python -m assistant streams`: the production shape (one asyncio process per core)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import websockets
+    from conftest import _free_port
+
+    port = _free_port()
+    Path(settings_env["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings_env}
+    process = subprocess.Popen([sys.executable, "-m", "assistant", "streams", "--host", "127.0.0.1",
+                                "--port", str(port)], cwd=Path(__file__).resolve().parent.parent, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async def call() -> TwilioStream:
+            deadline = time.monotonic() + 120  # loads the recogniser before it listens
+            while True:
+                try:
+                    socket = await websockets.connect(f"ws://127.0.0.1:{port}/media-stream")
+                    break
+                except OSError:
+                    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                    assert time.monotonic() < deadline, "streams server did not start"
+                    await asyncio.sleep(0.3)
+            async with socket:
+                stream = TwilioStream(socket)
+                await stream.start()
+                await stream.until("mark")  # the greeting was spoken (audio, then its mark)
+                return stream
+
+        stream = _run(call())
+        assert stream.audio_bytes() > 8000  # more than a second of μ-law speech
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

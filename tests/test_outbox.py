@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from backend import db
 from backend.crypto import FieldCipher, KeyRing
-from backend.jobs import DbJobQueue, PermanentJobError, Worker
+from backend.jobs import DbJobQueue, JobAdmin, PermanentJobError, Worker
 from backend.models import Job, SmsOutbox
 from backend.outbox import Outbox
 from channels.twilio_sms import TwilioSmsSender
@@ -123,6 +123,65 @@ def test_concurrent_workers_run_each_job_exactly_once(store):
         t.join(120)
     assert sorted(seen) == list(range(120))
     assert {j.state for j in _jobs(store)} == {"done"}
+
+
+def test_dead_letter_list_replay_and_prune(store):
+    clock = FakeClock()
+    queue = DbJobQueue(store, clock, max_attempts=2)
+    admin = JobAdmin(store, clock)
+    fixed = {"upstream": False}
+
+    def needs_upstream(payload):
+        if not fixed["upstream"]:
+            raise RuntimeError("upstream down")
+
+    worker = Worker(queue, {"work": needs_upstream, "ok": lambda payload: None}, worker_id="w1")
+    queue.enqueue("work", {"n": 1})
+    queue.enqueue("ok", {"n": 2})
+    worker.run_once()
+    clock.advance(seconds=5)
+    worker.run_once()  # second and last attempt: dead
+    [dead] = admin.list("failed")
+    assert dead.name == "work" and dead.attempts == 2 and "upstream down" in (dead.last_error or "")
+    assert admin.counts() == {"work": {"failed": 1}, "ok": {"done": 1}}
+    assert admin.replay([]) == 0  # nothing named, nothing moves
+    fixed["upstream"] = True
+    assert admin.replay([dead.id]) == 1
+    assert admin.replay([dead.id]) == 0  # already queued: replaying twice does nothing
+    assert worker.run_once() == 1
+    assert admin.list("failed") == [] and admin.counts() == {"work": {"done": 1}, "ok": {"done": 1}}
+    clock.advance(days=8)
+    queue.enqueue("ok", {"n": 3})
+    assert admin.prune(timedelta(days=7)) == 2  # only finished rows older than a week
+    assert [j.state for j in _jobs(store)] == ["queued"]
+
+
+def test_operator_sees_and_replays_dead_jobs_from_the_command_line(tmp_path, model_dir):
+    data_dir = tmp_path / "var"
+    url = f"sqlite:///{data_dir / 'ops.db'}"
+    data_dir.mkdir()
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    sessions = db.session_factory(engine)
+    queue = DbJobQueue(sessions, lambda: datetime.now(UTC), max_attempts=1)
+    queue.enqueue("ticket.process", {"ticket_id": 41})
+    [job] = queue.claim("w")
+    queue.fail(job, "w", "OCR model missing")
+    env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": url, "MODEL_DIR": str(model_dir)}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "assistant", "jobs", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    listing = cli("dead")
+    assert f"#{job.id} ticket.process" in listing and "OCR model missing" in listing
+    assert "ticket.process" in cli("stats") and "failed=1" in cli("stats")
+    assert "queued again: 1" in cli("replay", "--all")
+    assert "dead-letter list is empty" in cli("dead")
+    assert _jobs(sessions)[0].state == "queued"
+    engine.dispose()
 
 
 # --- outbox ----------------------------------------------------------------------------------------------

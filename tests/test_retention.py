@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import HandoffRequest
@@ -90,7 +90,7 @@ def test_purge_removes_only_what_is_past_retention(site: Site) -> None:
         assert s.scalar(select(AuditEntry).where(AuditEntry.entity_type == "retention")) is None
 
     report = purge(site.sessions, site.data_dir, POLICY, site.clock())
-    assert report.summary() == {"dry_run": False, "handoff_transcripts": 1,
+    assert report.summary() == {"dry_run": False, "handoff_transcripts": 1, "rows": {"sensor_readings": 0, "jobs": 0},
                                 "files": {"audio": 1, "media": 1, "transcripts": 1, "tts": 1}, "bytes": 130}
     gone = {"old_audio", "old_photo", "old_transcript", "old_tts"}
     assert {name for name, p in files.items() if not p.exists()} == gone
@@ -115,9 +115,48 @@ def test_purge_removes_only_what_is_past_retention(site: Site) -> None:
     assert not again.removed_anything and again.audit_id is None  # nothing new: no entry
 
 
+def test_old_sensor_readings_and_finished_jobs_go_in_batches(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from backend import retention
+    from backend.alerts.store import CareDevice, CareHousehold, SensorReading
+    from backend.jobs import DbJobQueue
+    from backend.models import Job
+
+    monkeypatch.setattr(retention, "ROW_BATCH", 7)  # several batches, the last one partial
+    now = site.clock()
+    with site.sessions() as s, s.begin():
+        home = CareHousehold(code="H1", grid_id="G1", senior_name_enc="x")
+        s.add(home)
+        s.flush()
+        device = CareDevice(household_id=home.id, device_uid="water-1", kind="water")
+        s.add(device)
+        s.flush()
+        for minutes in range(0, 40 * 24 * 60, 24 * 60):  # one reading a day for 40 days
+            s.add(SensorReading(household_id=home.id, device_id=device.id, kind="water", value=1.0,
+                                ts=now - timedelta(minutes=minutes), received_at=now))
+    queue = DbJobQueue(site.sessions, site.clock)
+    for n in range(3):
+        queue.enqueue("work", {"n": n})
+    [first, second, _third] = queue.claim("w", 3)
+    queue.finish(first, "w")
+    queue.fail(second, "w", "broken", permanent=True)
+    site.clock.advance(days=8)
+
+    policy = RetentionPolicy(sensor_reading_days=30, finished_job_days=7)
+    assert purge(site.sessions, site.data_dir, policy, site.clock(), dry_run=True).rows == \
+        {"sensor_readings": 17, "jobs": 1}  # ages 31–47 days
+    report = purge(site.sessions, site.data_dir, policy, site.clock())
+    assert report.rows == {"sensor_readings": 17, "jobs": 1} and report.audit_id is not None
+    with site.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SensorReading)) == 23  # 30 days and younger stay
+        assert sorted(j.state for j in s.scalars(select(Job))) == ["failed", "running"]  # dead + live stay
+
+
 def test_null_keeps_forever_and_bad_values_are_refused(site: Site) -> None:
     old = site.file("audio/a.wav", 10_000)
-    keep = RetentionPolicy(audio_days=None, photo_days=None, transcript_days=None, handoff_transcript_days=None)
+    keep = RetentionPolicy(audio_days=None, photo_days=None, transcript_days=None, handoff_transcript_days=None,
+                           sensor_reading_days=None, finished_job_days=None)
     assert not purge(site.sessions, site.data_dir, keep, site.clock()).removed_anything
     assert old.exists()
     assert RetentionPolicy.from_config({"retention": {"audio_days": None}}).audio_days is None
@@ -150,3 +189,37 @@ def test_purge_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["files"]["audio"] == 1 and out["audit_id"] == 1 and not old.exists()
+
+
+def test_the_purge_runs_daily_as_one_recurring_job(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from assistant.config import load_settings
+    from backend.models import Job
+    from runtime.ticket_loop import PURGE_JOB, retention_handlers
+
+    data_dir = tmp_path / "var"
+    url = f"sqlite:///{data_dir / 'r.db'}"
+    data_dir.mkdir()
+    upgrade(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    clock = FakeClock()  # 2026-11-25 10:00 Asia/Shanghai (see core_fixtures)
+    settings = load_settings({"DATA_DIR": str(data_dir), "DATABASE_URL": url})
+    handlers = retention_handlers(settings, sessions, clock)
+    retention_handlers(settings, sessions, clock)  # a second worker starting: no second schedule
+
+    def purge_jobs() -> list[Job]:
+        with sessions() as s:
+            return list(s.scalars(select(Job).where(Job.name == PURGE_JOB)))
+
+    [job] = purge_jobs()
+    local_run = job.run_at.astimezone(settings.timezone)
+    assert (local_run.hour, local_run.minute) == (3, 0) and job.run_at > clock()
+    old = Site(data_dir, sessions, None, clock).file("audio/old.wav", 40)  # type: ignore[arg-type]
+    clock.advance(days=1)
+    handlers[PURGE_JOB]({})
+    assert not old.exists()
+    [job] = purge_jobs()
+    assert job.state == "queued" and job.run_at - clock() < timedelta(days=1) and job.run_at > clock()
+    engine.dispose()

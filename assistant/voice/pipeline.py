@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from assistant.types import Reply
 from assistant.voice.audio import Audio
-from assistant.voice.recognizer import DecodePool, Expectation, Recognizer, Transcript, VoiceConfig
+from assistant.voice.recognizer import DecodePool, Expectation, Recognizer, Transcript, VoiceConfig, notify_decoded
 from assistant.voice.tts import Speech, TextToSpeech
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def run_voice_turn(request: VoiceTurnRequest, recognizer: Recognizer | DecodePoo
                 transcript = recognizer.transcribe(request.audio, request.expect, timeout=config.decode_timeout_seconds)
             else:
                 transcript = recognizer.transcribe(request.audio, request.expect)
+                notify_decoded(transcript)  # a pool notifies by itself
         except Exception as exc:  # timeouts, remote failures, a broken model: degrade, never crash
             log.warning("recognition failed: %s", exc)
             error = _error(VoiceErrorCode.UNAVAILABLE, str(exc))

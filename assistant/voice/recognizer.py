@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -171,6 +171,31 @@ def unavailable_reason(config: VoiceConfig) -> str | None:
     return _shared_errors.get(key)
 
 
+# Observers of every finished decode (the runtime's ASR real-time-factor histogram). A registry
+# here, rather than a metrics import, keeps the core free of any monitoring library.
+DecodeObserver = Callable[[Transcript], None]
+_decode_observers: list[DecodeObserver] = []
+
+
+def add_decode_observer(observer: DecodeObserver) -> None:
+    """Calls `observer(transcript)` after each decode; adding the same callable twice is one."""
+    if observer not in _decode_observers:
+        _decode_observers.append(observer)
+
+
+def remove_decode_observer(observer: DecodeObserver) -> None:
+    if observer in _decode_observers:
+        _decode_observers.remove(observer)
+
+
+def notify_decoded(transcript: Transcript) -> None:
+    for observer in tuple(_decode_observers):
+        try:
+            observer(transcript)
+        except Exception:  # monitoring must never cost a caller their turn
+            log.debug("decode observer failed", exc_info=True)
+
+
 class DecodePool:
     """Runs recognition on worker threads so a webhook thread only waits with a deadline.
 
@@ -183,7 +208,12 @@ class DecodePool:
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="asr")
 
     def submit(self, audio: Audio, expect: Expectation | None = None) -> Future[Transcript]:
-        return self._executor.submit(self.recognizer.transcribe, audio, expect)
+        return self._executor.submit(self._decode, audio, expect)
+
+    def _decode(self, audio: Audio, expect: Expectation | None) -> Transcript:
+        transcript = self.recognizer.transcribe(audio, expect)
+        notify_decoded(transcript)
+        return transcript
 
     def transcribe(self, audio: Audio, expect: Expectation | None = None, timeout: float = 10.0) -> Transcript:
         """Result within `timeout` seconds, else TimeoutError (the caller answers with a re-prompt)."""

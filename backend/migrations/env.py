@@ -45,7 +45,8 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(_url(), poolclass=NullPool)
+    # Schema changes may rewrite big tables: no statement/lock time-outs here (those bound webhooks).
+    engine = make_engine(_url(), poolclass=NullPool, long_running=True)
     try:
         with engine.connect() as conn:
             _run(conn)

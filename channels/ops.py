@@ -1,0 +1,124 @@
+"""Operations endpoints and per-request plumbing, for every blueprint of the app.
+
+GET /healthz  liveness: the process answers (no dependency is checked; restarting it would not help)
+GET /readyz   readiness: database `SELECT 1` and, when sessions live in Redis, PING — each with a
+              short timeout, so the answer comes within ~2 s even when a server hangs
+GET /metrics  Prometheus exposition (runtime.observability)
+
+Each request gets a request id (a well-formed incoming X-Request-Id, else a new one) that is in
+every log line of the request and in the response's X-Request-Id header, and is counted and
+timed under its channel (the blueprint that served it).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from prometheus_client.exposition import choose_encoder
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from assistant import logcontext
+from assistant.privacy import mask_text
+from backend.sessions import RedisSessionStore
+from runtime import observability as obs
+
+NAME = "ops"
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# Proxies and load balancers send UUIDs or similar tokens; anything else (too long, odd
+# characters that could forge log lines, a number that looks like a phone) is replaced.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
+DATABASE_TIMEOUT = 2.0
+REDIS_TIMEOUT = 1.0
+
+
+def request_id_from(header: str | None) -> str:
+    if header and _REQUEST_ID_RE.fullmatch(header) and mask_text(header) == header:
+        return header
+    return uuid.uuid4().hex
+
+
+def _redis_client(runtime: Any) -> redis.Redis | None:
+    """A probe client for the session store's Redis (short time-outs, no retries: the store's
+    own client is tuned for turns), or None when sessions are not in Redis."""
+    if runtime.settings.redis_url:
+        # No retries: redis-py's default retries would stretch a hung server's 1 s to ~15 s.
+        return redis.Redis.from_url(runtime.settings.redis_url, socket_timeout=REDIS_TIMEOUT,
+                                    socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0))
+    store = getattr(runtime.sessions, "inner", runtime.sessions)  # EncryptedSessionStore wraps it
+    if isinstance(store, RedisSessionStore):  # handed in ready-made (embedding, tests): its client
+        client: redis.Redis = store._redis
+        return client
+    return None
+
+
+def make_blueprint(runtime: Any) -> Blueprint:
+    bp = Blueprint(NAME, __name__)
+    obs.bind_runtime(runtime)
+    redis_client = _redis_client(runtime)
+    database = obs.DatabaseCollector(runtime.db_sessions, runtime.clock)
+
+    @bp.before_app_request
+    def start_request() -> None:
+        rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        g.ops_request_id, g.ops_token = rid, logcontext.request_id.set(rid)
+        # Only names of registered blueprints reach a label: never anything the caller chose.
+        g.ops_channel = request.blueprint if request.blueprint in current_app.blueprints else "none"
+        g.ops_started = time.perf_counter()
+        obs.metrics().in_flight.inc()
+
+    @bp.after_app_request
+    def finish_request(response: Response) -> Response:
+        if "ops_started" in g:
+            response.headers[REQUEST_ID_HEADER] = g.ops_request_id
+            obs.observe_request(g.ops_channel, response.status_code, time.perf_counter() - g.ops_started)
+        return response
+
+    @bp.teardown_app_request
+    def end_request(_exc: BaseException | None) -> None:
+        if "ops_started" not in g:
+            return
+        obs.metrics().in_flight.dec()
+        try:
+            logcontext.request_id.reset(g.ops_token)
+        except ValueError:  # torn down in another context: at least do not leak the id
+            logcontext.request_id.set(None)
+
+    @bp.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @bp.get("/readyz")
+    def readyz():
+        started = time.monotonic()
+        pending: dict[str, tuple[Future[Any], float]] = {
+            "database": (obs.run_in_lane("ready-db", lambda: obs.ping_database(runtime.db_sessions)),
+                         DATABASE_TIMEOUT)}
+        if redis_client is not None:
+            pending["redis"] = (obs.run_in_lane("ready-redis", redis_client.ping), REDIS_TIMEOUT + 0.5)
+        checks: dict[str, str] = {"database": "ok", "redis": "ok" if redis_client is not None else "not_configured"}
+        reasons: dict[str, str] = {}
+        for name, (future, timeout) in pending.items():  # run side by side: the waits overlap
+            try:
+                obs.wait_for(future, timeout - (time.monotonic() - started))
+            except Exception as exc:
+                checks[name], reasons[name] = "down", obs.short_reason(exc)
+                log.warning("readiness: %s is down (%s)", name, reasons[name])
+        if reasons:
+            return jsonify({"status": "unavailable", "checks": checks, "reasons": reasons}), 503
+        return jsonify({"status": "ready", "checks": checks})
+
+    @bp.get("/metrics")
+    def metrics():
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return Response(encoder(obs.scrape_registry(database)), headers={"Content-Type": content_type})
+
+    return bp
