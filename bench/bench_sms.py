@@ -105,7 +105,8 @@ class Gunicorn:
         gunicorn = shutil.which("gunicorn") or "gunicorn"
         self.process = subprocess.Popen(
             [gunicorn, "-w", str(workers), "-k", worker_class, "--threads", str(threads),
-             "-b", f"127.0.0.1:{port}", "--backlog", "2048", "--log-level", "warning", "runtime.wsgi:app"],
+             "-b", f"127.0.0.1:{port}", "--backlog", "2048", "--log-level", "warning",
+             "--no-control-socket", "runtime.wsgi:app"],  # gunicorn 27's shared per-user socket
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
         deadline = time.time() + 180
