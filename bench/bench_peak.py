@@ -222,12 +222,10 @@ class Planner:
     """Deterministic sessions per kind from the seed. SMS bodies are signed here, before the clock
     starts, so the load loop only sends bytes."""
 
-    def __init__(self, seed: int, signer: Callable[[str, dict[str, str]], str], public_base: str, *,
-                 mms_media: list[str], redelivery: float, households: list[tuple[str, str]],
-                 tag: str) -> None:
+    def __init__(self, seed: int, signer: Callable[[str, dict[str, str]], str], *, mms_media: list[str],
+                 redelivery: float, households: list[tuple[str, str]], tag: str) -> None:
         self.seed = seed
-        self.sign = signer
-        self.public_base = public_base
+        self.sign = signer  # (path, params) → X-Twilio-Signature over PUBLIC_BASE_URL + path
         self.mms_media = mms_media
         self.redelivery = redelivery
         self.households = households
@@ -1137,7 +1135,7 @@ def db_checks(target: Target, driver: Driver, since: datetime) -> dict[str, Any]
         "voice_cases_expected": c.voice_cases_expected, "voice_cases_in_db": len(stored_refs.get("voice", set())),
         "calls_started": c.calls_started, "call_records": calls,
         "status_callbacks_sent": c.calls_status_sent, "call_records_ended": calls_ended,
-        "readings_accepted": c.readings_accepted, "sensor_rows": readings,
+        "readings_sent": c.readings_sent, "readings_accepted": c.readings_accepted, "sensor_rows": readings,
         "ok": (answered == sms_tickets and not rest_missing and c.redelivery_mismatch == 0
                and calls == c.calls_started and calls_ended == c.calls_status_sent
                and len(stored_refs.get("voice", set())) == c.voice_cases_expected
@@ -1190,7 +1188,7 @@ def run_once(args: argparse.Namespace, target: Target, label: str) -> dict[str, 
         return validator.compute_signature(target.public_base_url + path, params)
 
     def driver_for(tag: str, shape_: PeakShape) -> Driver:
-        planner = Planner(args.seed, signer, target.public_base_url, mms_media=target.media_urls,
+        planner = Planner(args.seed, signer, mms_media=target.media_urls,
                           redelivery=args.redelivery, households=households, tag=tag)
         return Driver(target.base_url, target.public_base_url, target.auth_token, planner, shape_, mix,
                       args.concurrency, args.timeout, not args.no_audio)

@@ -109,6 +109,8 @@ def configure_logging(verbose: bool = False, *, env: Mapping[str, str] | None = 
     """Replaces the root handlers with one handler on stderr, text or JSON by LOG_FORMAT."""
     handler = make_handler(log_format(env), stream)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    if not verbose:  # the Twilio SDK logs every request and response header at INFO (11 lines per SMS)
+        logging.getLogger("twilio").setLevel(logging.WARNING)
     return handler
 
 

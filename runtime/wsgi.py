@@ -36,6 +36,12 @@ def build_app():
         logging.getLogger(__name__).warning("database unreachable at start (%s); serving anyway",
                                             type(exc).__name__)
     runtime = build_runtime(settings, migrate=False)
+    if not settings.redis_url and int(settings.env.get("WEB_CONCURRENCY") or 2) > 1:
+        # Each worker would keep its own conversations: the next turn lands on another worker
+        # and starts over. Photo reports and webhooks that finish in one request are unaffected.
+        logging.getLogger(__name__).error(
+            "REDIS_URL is not set: with several web workers, multi-turn conversations break "
+            "(each worker keeps its own). Set REDIS_URL, or run one worker (WEB_CONCURRENCY=1).")
     app = create_app(runtime)
     if settings.env.get("RUN_WORKER_THREAD") == "1":
         background_worker(runtime).start_thread()
