@@ -58,7 +58,8 @@ def test_console_inchromium(live_console, runtime):
         browser.find_element(By.ID, "username").send_keys("agent")
         browser.find_element(By.ID, "password").send_keys("not-the-password")
         browser.find_element(By.ID, "login-button").click()
-        assert "不对" in browser.find_element(By.ID, "login-message").text
+        # the refusal is a new page (401): wait for it rather than read the old one mid-reload
+        wait(browser, 10, lambda b: any("不对" in e.text for e in b.find_elements(By.ID, "login-message")))
 
         # the agent: handoff queue → take → transcript and form so far
         _login(browser, base, "agent")
