@@ -100,7 +100,7 @@ def _remove_empty_dirs(root: Path) -> None:
                 pass
 
 
-def _ROW_AREAS() -> list[tuple[Any, ...]]:
+def _row_areas() -> list[tuple[Any, ...]]:
     """Tables whose old rows go: (table, time column, setting, extra conditions…)."""
     from backend.alerts.store import SensorReading  # the alerts package imports this module's users
 
@@ -156,7 +156,7 @@ def purge(
         if not dry_run:
             _remove_empty_dirs(root)
 
-    for table, column, setting, *where in _ROW_AREAS():
+    for table, column, setting, *where in _row_areas():
         cutoff = policy.cutoff(setting, now)
         report.rows[table.name] = 0 if cutoff is None else _delete_rows(
             session_factory, table, [column < cutoff, *where], dry_run)

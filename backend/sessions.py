@@ -88,11 +88,14 @@ class MemorySessionStore:
                     self._locks[key] = (lock, users - 1)
 
 
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
 @contextmanager
 def _reachable() -> Iterator[None]:
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except _UNREACHABLE as exc:
         raise StoreUnavailable(str(exc)) from exc
 
 
@@ -155,7 +158,7 @@ class RedisSessionStore:
                 lock.release()
             except LockError:  # lease ran out during a slow turn; someone else may hold it now
                 log.warning("session lock lease expired before release")
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            except _UNREACHABLE:
                 log.warning("session lock not released (Redis unreachable); its lease will expire")
 
 

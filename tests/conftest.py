@@ -159,6 +159,23 @@ def _libpq_url(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+def sqlite_files_in_one_folder(folder: str):
+    """Overrides `db_url` for a module so that its SQLite files land in one folder, which the
+    module's final test scans for personal data in clear. Use: `scan_dir, db_url = sqlite_files_in_one_folder("x")`."""
+
+    @pytest.fixture(scope="module", name="scan_dir")
+    def _scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp(folder)
+
+    @pytest.fixture(name="db_url")
+    def _db_url(db_url: str, scan_dir: Path) -> str:
+        if db_url.startswith("sqlite"):
+            return f"sqlite:///{scan_dir / (uuid.uuid4().hex + '.db')}"
+        return db_url
+
+    return _scan_dir, _db_url
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database: a temp SQLite file, or a fresh database in the session's cluster."""

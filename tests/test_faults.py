@@ -19,7 +19,6 @@ happen on purpose and shows the duplicate.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,22 +37,16 @@ from cluster_fixtures import (
     unique_mobile,
     wait_until,
 )
+from conftest import _unavailable
 from fixtures.twilio_world import inbound_params, jpeg
 
 from deploy.local_cluster import ROOT, LocalCluster, missing_servers
 
 pytestmark = pytest.mark.slow
 
-REQUIRE_SERVERS = os.environ.get("REQUIRE_SERVERS") == "1"
 LEASE_SECONDS = 3  # job and outbox leases in this cluster: a dead worker's work is taken again soon
 STARTUP: dict[str, float] = {}
 
-
-def _unavailable(reason: str) -> None:
-    # conftest's convention: skip without the servers, fail in CI (REQUIRE_SERVERS=1).
-    if REQUIRE_SERVERS:
-        pytest.fail(f"{reason} (REQUIRE_SERVERS=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ parent's notification. The last test scans every SQLite file this module wrote f
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from conftest import sqlite_files_in_one_folder
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,17 +43,8 @@ SECRETS = [SENIOR, CHILD, OTHER_CHILD, FATHER_ID, MOTHER_ID, *NAMES]
 PROXY_TABLES = {"proxy_grants", "proxy_notifications"}
 
 
-@pytest.fixture(scope="module")
-def scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("proxy-sqlite")
-
-
-@pytest.fixture
-def db_url(db_url: str, scan_dir: Path) -> str:
-    """conftest's db_url, with SQLite files kept in one folder for the final scan."""
-    if db_url.startswith("sqlite"):
-        return f"sqlite:///{scan_dir / (uuid.uuid4().hex + '.db')}"
-    return db_url
+# conftest's db_url, with SQLite files kept in one folder for the final scan.
+scan_dir, db_url = sqlite_files_in_one_folder("proxy-sqlite")
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import _free_port
 
 from channels.app import create_app
 from core_fixtures import make_id
@@ -85,11 +85,6 @@ def test_emoji_only_and_odd_text_get_a_useful_answer(client):
 
 # -- a real server process --------------------------------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(port: int, sender: str, message: str) -> list[dict]:

@@ -9,12 +9,12 @@ import json
 import os
 import stat
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import sqlite_files_in_one_folder
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,16 +45,8 @@ NAMES = ["张三华", "李四娘", "王秀兰"]
 SECRETS = IDS + PHONES + NAMES
 
 
-@pytest.fixture(scope="module")
-def scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("rotation-sqlite")
-
-
-@pytest.fixture
-def db_url(db_url: str, scan_dir: Path) -> str:
-    if db_url.startswith("sqlite"):
-        return f"sqlite:///{scan_dir / (uuid.uuid4().hex + '.db')}"
-    return db_url
+# conftest's db_url, with SQLite files kept in one folder for the final scan.
+scan_dir, db_url = sqlite_files_in_one_folder("rotation-sqlite")
 
 
 @dataclass
