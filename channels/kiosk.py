@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from assistant.types import Button, Reply, UserMessage
 from assistant.voice.audio import AudioError, load_for_asr
-from assistant.voice.recognizer import Expectation
+from assistant.voice.phrases import answer_expectation, heard_answer
 from runtime.voice_services import voice_services
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,6 @@ SESSION = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_TEXT = 500
 MAX_AUDIO_BYTES = 4 * 1024 * 1024  # ~2 minutes of 16 kHz PCM: longer is not one utterance
 # Closed answers the recogniser can choose among, by what the conversation waits for.
-EXPECTED_PHRASES = {
-    "confirm": ("对", "不对", "是的", "不是", "人工"),
-    "yes_no": ("要", "不要", "是的", "不用", "人工"),
-}
-
 
 def _error(code: str, detail: str, status: int = 400):
     return jsonify({"error": code, "detail": detail}), status
@@ -114,9 +109,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
             return _error("invalid_audio", "这段声音打不开，请再说一次。")
         state = assistant.sessions.load(assistant.session_key(CHANNEL, session)) or {}
         expects = "confirm" if state.get("confirming") else "yes_no" if state.get("offer") else None
-        phrases = EXPECTED_PHRASES.get(expects or "", ())
         try:
-            transcript = voice.pool.transcribe(audio, Expectation(phrases, closed=False) if phrases else None,
+            transcript = voice.pool.transcribe(audio, answer_expectation(expects),
                                                timeout=voice.config.decode_timeout_seconds)
         except TimeoutError:
             return _error("asr_timeout", "系统有点忙，请再说一次，或按按钮办理。", 503)
@@ -125,11 +119,12 @@ def make_blueprint(runtime: Any) -> Blueprint:
         if transcript.no_speech or not transcript.core_text.strip():
             replies = [Reply("我没听到您说话。请按住按钮，靠近话筒再说一次。")]
             return jsonify(render(replies, heard=""))
-        if transcript.confidence < voice.config.min_confidence:
+        text, confidence = heard_answer(transcript, voice.config.closed_set_min_confidence)
+        if confidence < voice.config.min_confidence:
             question = Reply(f"您是说“{transcript.text}”吗？",
-                             buttons=(Button("是的", transcript.core_text), Button("不是，重说", "/repeat")))
+                             buttons=(Button("是的", text), Button("不是，重说", "/repeat")))
             return jsonify(render([question], heard=transcript.text))
-        return turn(session, transcript.core_text, heard=transcript.text)
+        return turn(session, text, heard=transcript.text)
 
     @bp.post("/kiosk/api/reset")
     def reset():

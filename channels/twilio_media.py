@@ -25,6 +25,7 @@ import numpy as np
 
 from assistant.ivr import CallInput, IvrFlow
 from assistant.voice.audio import TELEPHONE_RATE, load_for_asr, mulaw_encode, resample
+from assistant.voice.phrases import answer_expectation, heard_answer
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
@@ -105,13 +106,16 @@ class StreamCall:
                 await self.answer(CallInput())
 
     async def heard_speech(self, ended: UtteranceEnded) -> None:
-        pool = self.services.pool
-        transcript = await asyncio.wrap_future(pool.submit(ended.audio))
+        step = self.step
+        # The read-back question ("您是说……对吗？") waits for 对/不对 whatever the core waits for.
+        expects = None if step is None else "confirm" if step.step == "confirm" else step.expects
+        transcript = await asyncio.wrap_future(self.services.pool.submit(ended.audio, answer_expectation(expects)))
         log.info("stream %s heard %.1f s, confidence %.2f, rtf %.2f", self.call_sid, transcript.audio_seconds,
                  transcript.confidence, transcript.real_time_factor)
         if transcript.no_speech:
             return
-        await self.answer(CallInput(speech=transcript.core_text, confidence=transcript.confidence))
+        text, confidence = heard_answer(transcript, self.services.config.closed_set_min_confidence)
+        await self.answer(CallInput(speech=text, confidence=confidence))
 
     async def dtmf(self, event: dict[str, Any]) -> None:
         digit = str((event.get("dtmf") or {}).get("digit", ""))
@@ -141,6 +145,7 @@ class StreamCall:
             self.playing = False
             if self.closing:
                 raise ConnectionAbortedError
+            self.detector.restart_no_input_clock()
 
 
 class MediaStreamServer:
@@ -169,7 +174,9 @@ class MediaStreamServer:
         async def send(message: dict[str, Any]) -> None:
             await socket.send(json.dumps(message))
 
-        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send)
+        detector = EndpointDetector(TELEPHONE_RATE, min_silence_ms=services.config.vad_min_silence_ms,
+                                    no_input_seconds=float(self.flow.gather.get("first_input_seconds", 8)))
+        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send, detector=detector)
         try:
             async for raw in socket:
                 event = json.loads(raw)
@@ -202,8 +209,9 @@ class MediaStreamServer:
             await self._stop
 
     def run_forever(self) -> None:
-        """Foreground mode (`python -m assistant streams`): one asyncio process per core behind a
-        WebSocket-aware load balancer; a call's socket stays on one process, its state in Redis."""
+        """Foreground mode (`python -m assistant streams`): one asyncio process per host (its decode
+        pool uses every core) behind a WebSocket-aware load balancer; a call's socket stays on one
+        process, its state in Redis."""
         loop = asyncio.new_event_loop()
         self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):

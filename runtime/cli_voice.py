@@ -136,6 +136,7 @@ def diagnose(settings: Settings) -> dict[str, Any]:
         missing.append(f"recogniser {config.recognizer}: {asr['error']}")
     if config.recognizer == "faster_whisper":
         asr["cache_dir"] = str(default_cache_dir(env, settings.model_dir))
+        asr["decoders"] = f"{config.decode_workers} in parallel × {config.cpu_threads} thread(s) each"
     report["recognizer"] = asr
     report["vosk_model"] = env.get("VOSK_MODEL_PATH") or None
 
@@ -176,7 +177,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings | None = None, stdou
     asr, tts = report["recognizer"], report["tts"]
     lines = [f"speech input : {report['speech_input']}",
              f"recogniser   : {asr['name']} ({'ok' if asr['ok'] else 'NOT WORKING'})"]
-    for key in ("model_source", "model_path", "model_sha256", "load_seconds", "cache_dir", "error"):
+    for key in ("model_source", "model_path", "model_sha256", "load_seconds", "cache_dir", "decoders", "error"):
         if asr.get(key) is not None:
             lines.append(f"  {key:<12}: {asr[key]}")
     lines.append(f"VAD model    : {report['vad_model'] or 'missing'}")

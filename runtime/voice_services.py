@@ -29,7 +29,7 @@ class VoiceServices:
     def pool(self) -> DecodePool | None:
         with self._build:
             recognizer = shared_recognizer(self.config, self._env, self._model_dir)
-            return DecodePool(recognizer, self.config.workers) if recognizer is not None else None
+            return DecodePool(recognizer, self.config.decode_workers) if recognizer is not None else None
 
     @property
     def unavailable(self) -> str | None:

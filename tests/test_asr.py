@@ -276,6 +276,7 @@ def test_doctor_reports_recogniser_model_checksum_and_tts(whisper, asr_cache, tm
     asr = report["recognizer"]
     assert asr["ok"] and asr["name"] == "faster_whisper"
     assert asr["model_sha256"] == DEFAULT_MODEL_SHA256 and asr["model_path"].endswith(DEFAULT_MODEL_NAME)
+    assert asr["decoders"].startswith(f"{VoiceConfig().decode_workers} in parallel × 1 thread")
     assert report["tts"]["configured"] == "espeak" and "speech_input" in report
 
 
@@ -296,3 +297,66 @@ def test_step_phrases_come_from_options_and_lookup_tables():
     expect = step_expectation(["人工服务"], lookups=["hospital"], lookup_tables=tables)
     assert expect.phrases[0] == "人工服务" and "人民医院" in expect.phrases and not expect.closed
     assert step_expectation(YES_NO, closed=True) == Expectation(YES_NO, closed=True)
+
+
+# --- parallel decoding and closed-set answers ------------------------------------------------------
+def test_decode_workers_default_to_the_usable_cores():
+    import os
+
+    assert VoiceConfig().decode_workers == len(os.sched_getaffinity(0))
+    assert VoiceConfig.from_config({"voice": {"workers": "auto"}}).decode_workers == len(os.sched_getaffinity(0))
+    assert VoiceConfig.from_config({"voice": {"workers": 3}}).decode_workers == 3
+    assert VoiceConfig().cpu_threads == 1  # one thread per decode, one decode per core
+
+
+def test_parallel_decodes_overlap_and_hear_the_same_as_one_at_a_time(whisper, asr_cache):
+    """Two model replicas decode at once (what makes 20 phone calls fit on 2 cores) and hear the
+    same words as the single-replica recogniser."""
+    names = ["aishell1sample_BAC009S0150W0001.wav", "aishell1sample_BAC009S0150W0002.wav",
+             "aishell1sample_BAC009S0150W0005.wav", "aishell1sample_BAC009S0150W0008.wav"]
+    alone = [whisper.transcribe(clip(n)).text for n in names]
+    parallel = WhisperRecognizer(assemble_default_model(asr_cache), cpu_threads=1, workers=2, source="test")
+    lock, busy, most = threading.Lock(), [0], [0]
+
+    class Overlap:
+        name = "overlap-spy"
+
+        def transcribe(self, audio, expect=None):
+            with lock:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            try:
+                return parallel.transcribe(audio, expect)
+            finally:
+                with lock:
+                    busy[0] -= 1
+
+    pool = DecodePool(Overlap(), workers=2)
+    try:
+        futures = [pool.submit(clip(n)) for n in names]
+        together = [f.result(timeout=60).text for f in futures]
+    finally:
+        pool.close()
+    assert together == alone
+    assert most[0] == 2
+
+
+def test_a_sure_closed_set_choice_replaces_the_free_text(whisper):
+    from assistant.voice.phrases import answer_expectation, heard_answer
+
+    t = whisper.transcribe(clip("aishell1sample_BAC009S0150W0001.wav"), Expectation(TEMPERATURES, closed=True))
+    assert heard_answer(t, 0.5) == ("设定二十九度", max(t.choice.confidence, t.confidence))
+    assert answer_expectation("confirm") == Expectation(("对", "不对", "是的", "不是", "人工"), closed=True)
+    assert answer_expectation(None) is None and answer_expectation("phone") is None
+
+
+def test_an_unsure_closed_set_choice_leaves_the_free_text_and_its_confidence():
+    from assistant.voice.phrases import heard_answer
+    from assistant.voice.recognizer import Choice
+
+    base = Transcript("是的吧", "是的吧", 0.62, 0, 1, 1, 0.1, "fixed-test")
+    unsure = replace(base, choice=Choice("是的", 0.3))
+    assert heard_answer(unsure, 0.5) == ("是的吧", 0.62)
+    sure = replace(base, choice=Choice("是的", 0.8))
+    assert heard_answer(sure, 0.5) == ("是的", 0.8)
+    assert heard_answer(base, 0.5) == ("是的吧", 0.62)  # an open step has no choice

@@ -150,6 +150,18 @@ def test_endpoint_detector_reports_no_input_on_a_silent_line():
     assert events[0].at == pytest.approx(3.0, abs=0.1)
 
 
+def test_no_input_is_counted_from_the_end_of_the_prompt():
+    """While a 5 s prompt plays the line is quiet too; the senior's 3 s start when it ends."""
+    quiet = _frames(np.random.default_rng(1).normal(0, 0.003, 16000 * 10).astype(np.float32))
+    detector = EndpointDetector(8000, no_input_seconds=6.0)
+    assert _run(detector, quiet[:150]) == []  # 3 s into the prompt
+    detector.restart_no_input_clock()  # the prompt's mark came back
+    assert _run(detector, quiet[150:400]) == []  # 5 s after the prompt: still waiting
+    events = _run(detector, quiet[400:])  # 5 … 7 s after it
+    assert len(events) == 1 and isinstance(events[0], NoInput)
+    assert events[0].at == pytest.approx(3.0 + 6.0, abs=0.1)
+
+
 def test_a_click_is_not_barge_in():
     click = np.zeros(16000 * 2, dtype=np.float32)
     click[8000:8000 + 480] = np.random.default_rng(2).normal(0, 0.5, 480)  # 30 ms burst

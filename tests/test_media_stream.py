@@ -179,3 +179,41 @@ def test_streams_command_serves_calls_as_its_own_process_and_stops_cleanly(setti
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_senior_gets_eight_seconds_after_the_prompt_ends_not_after_it_starts(stream_server):
+    """The line is quiet while the greeting plays (10 s here) and then for 7 s: no "我没听到" yet.
+    Only after 8 s of quiet from the end of the prompt (first_input_seconds) does the call ask again."""
+    import websockets
+
+    async def call() -> int:
+        async with websockets.connect(f"ws://127.0.0.1:{stream_server.port}/media-stream") as socket:
+            twilio = TwilioStream(socket)
+            await twilio.start()
+            mark = await twilio.until("mark")
+            await twilio.media([SILENCE] * 500)  # the greeting is still playing: 10 s of a quiet line
+            await twilio.send({"event": "mark", "streamSid": "MZ" + "d" * 32, "mark": mark["mark"]})
+            heard_before = len(twilio.received)
+            replies: list[int] = []  # frames sent after the mark when a new prompt arrived
+
+            async def listen() -> None:
+                while True:
+                    event = json.loads(await socket.recv())
+                    twilio.received.append(event)
+                    if event["event"] == "media" and not replies:
+                        replies.append(sent[0])
+
+            sent = [0]
+            reader = asyncio.create_task(listen())
+            for _ in range(600):  # 12 s of quiet after the prompt, a little faster than real time
+                await twilio.send({"event": "media", "streamSid": "MZ" + "d" * 32,
+                                   "media": {"track": "inbound", "payload": base64.b64encode(SILENCE).decode()}})
+                sent[0] += 1
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(2)
+            reader.cancel()
+            assert len(twilio.received) > heard_before, "the call never asked again"
+            return replies[0]
+
+    frames_after_prompt = _run(call())
+    assert 400 <= frames_after_prompt <= 520  # 8 s (+ the time to say the reply) after the prompt

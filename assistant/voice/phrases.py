@@ -13,9 +13,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from assistant.voice.recognizer import Expectation
+from assistant.voice.recognizer import Expectation, Transcript
 
 YES_NO = ("是", "不是", "对", "不对")
+# What a caller may answer when the core waits for a confirmation or a yes/no (the core's
+# `expects`). A closed set: a hypothesis like "事的" is taken as "是的" when the match is sure.
+STEP_ANSWERS: Mapping[str, tuple[str, ...]] = {
+    "confirm": ("对", "不对", "是的", "不是", "人工"),
+    "yes_no": ("要", "不要", "是的", "不用", "人工"),
+}
 DIGITS = tuple("0123456789")
 MAX_PHRASES = 60  # Whisper's prompt holds ~220 tokens; Vosk grammars get slow beyond a few hundred
 
@@ -34,3 +40,21 @@ def step_expectation(options: Iterable[str] = (), *, closed: bool = False, looku
     for name in lookups:
         phrases.extend((lookup_tables or {}).get(name, ()))
     return Expectation(tuple(dict.fromkeys(phrases))[:MAX_PHRASES], closed=closed)
+
+
+def answer_expectation(expects: str | None) -> Expectation | None:
+    """The closed set for a step that waits for 对/不对 or 要/不要; None for open steps."""
+    phrases = STEP_ANSWERS.get(expects or "")
+    return Expectation(phrases, closed=True) if phrases else None
+
+
+def heard_answer(transcript: Transcript, min_choice_confidence: float) -> tuple[str, float]:
+    """(text for the core, confidence): the closed-set choice when it is sure, else the free text.
+
+    A choice below `min_choice_confidence` is not trusted: the free text goes on, and the channel's
+    low-confidence read-back ("您是说……吗？") still applies to it.
+    """
+    choice = transcript.choice
+    if choice is not None and choice.confidence >= min_choice_confidence:
+        return choice.phrase, max(choice.confidence, transcript.confidence)
+    return transcript.core_text, transcript.confidence

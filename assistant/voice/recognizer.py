@@ -81,9 +81,11 @@ class VoiceConfig:
 
     recognizer: str = "faster_whisper"  # faster_whisper | vosk | remote | none
     beam_size: int = 5
-    cpu_threads: int = 2
+    # One thread per decode and one decode per core: Whisper base's matrices are too small for two
+    # threads to share one decode well (bench/RESULTS.md: 4.1 → 8.2 utterances/s on 2 cores).
+    cpu_threads: int = 1
     compute_type: str = "int8"
-    workers: int = 1  # decoding threads; one per 2 cores
+    workers: int | str = "auto"  # parallel decodes; "auto" = the CPU cores this process may use
     decode_timeout_seconds: float = 10.0  # Twilio gives a webhook 15 s
     min_confidence: float = 0.45  # below: asr-low-confidence
     closed_set_min_confidence: float = 0.5
@@ -113,6 +115,22 @@ class VoiceConfig:
                 values[name] = tts[key]
         extra = {k: v for k, v in section.items() if k not in known}
         return cls(**values, extra=extra)
+
+    @property
+    def decode_workers(self) -> int:
+        """How many utterances are decoded at once: `workers`, or one per usable core for "auto"."""
+        if isinstance(self.workers, int) and self.workers > 0:
+            return self.workers
+        if str(self.workers).isdigit() and int(self.workers) > 0:
+            return int(self.workers)
+        return usable_cores()
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # honours taskset / cgroup cpusets
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def default_cache_dir(env: Mapping[str, str], model_dir: Path | None = None) -> Path:
@@ -155,7 +173,7 @@ def shared_recognizer(config: VoiceConfig, env: Mapping[str, str] | None = None,
     Returns None when none can be built; the reason is logged once and kept in `unavailable_reason`.
     Callers then fall back to keypad, touch and Twilio's own speech recognition.
     """
-    key = f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}"
+    key = _shared_key(config)
     with _shared_lock:
         if key not in _shared:
             try:
@@ -167,8 +185,11 @@ def shared_recognizer(config: VoiceConfig, env: Mapping[str, str] | None = None,
 
 
 def unavailable_reason(config: VoiceConfig) -> str | None:
-    key = f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}"
-    return _shared_errors.get(key)
+    return _shared_errors.get(_shared_key(config))
+
+
+def _shared_key(config: VoiceConfig) -> str:
+    return f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}:{config.decode_workers}"
 
 
 # Observers of every finished decode (the runtime's ASR real-time-factor histogram). A registry
@@ -199,8 +220,9 @@ def notify_decoded(transcript: Transcript) -> None:
 class DecodePool:
     """Runs recognition on worker threads so a webhook thread only waits with a deadline.
 
-    CTranslate2 releases the GIL while decoding, so a request thread stays responsive; on 2 cores
-    one worker is right (more workers only queue for the same cores).
+    CTranslate2 releases the GIL while decoding, so a request thread stays responsive. One worker
+    per core (each a single-threaded decode on its own model replica) gives the most utterances a
+    second; more workers than cores only queue for the same cores.
     """
 
     def __init__(self, recognizer: Recognizer, workers: int = 1) -> None:

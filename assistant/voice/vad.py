@@ -206,11 +206,17 @@ class EndpointDetector:
         self._started_at: int | None = None  # native sample index where speech began
         self._announced = False
         self._window_index = 0
+        self._quiet_from = 0  # native index within the turn where the no-input clock started
 
     def _reset_turn(self) -> None:
         consumed = self._turn_start + self._raw_len
         self.reset()
         self._turn_start = consumed
+
+    def restart_no_input_clock(self) -> None:
+        """The prompt has finished playing: the caller's time to answer starts now, not when the
+        prompt started (a 15 s menu must not eat the 8 s a senior gets to begin)."""
+        self._quiet_from = int(self._window_index * WINDOW * self.rate / TARGET_RATE)
 
     @property
     def in_speech(self) -> bool:
@@ -261,7 +267,7 @@ class EndpointDetector:
             return self._utterance("silence", native_end)
         if self._announced and native_end - (self._started_at or 0) >= self.max_samples:
             return self._utterance("max_length", native_end)
-        if not self._announced and native_end >= self.no_input_samples:
+        if not self._announced and native_end - self._quiet_from >= self.no_input_samples:
             if not self._in_speech or self._silence_windows >= self.min_silence_windows:
                 return NoInput(self._now(native_end))
         if self._in_speech and not self._announced and self._silence_windows >= self.min_silence_windows:

@@ -186,8 +186,8 @@ class DecodeOptions:
 class WhisperRecognizer:
     name = "faster_whisper"
 
-    def __init__(self, model_dir: Path, options: DecodeOptions | None = None, *, cpu_threads: int = 2,
-                 compute_type: str = "int8", source: str = "") -> None:
+    def __init__(self, model_dir: Path, options: DecodeOptions | None = None, *, cpu_threads: int = 1,
+                 workers: int = 1, compute_type: str = "int8", source: str = "") -> None:
         try:
             from faster_whisper import WhisperModel
             from faster_whisper.tokenizer import Tokenizer
@@ -197,19 +197,25 @@ class WhisperRecognizer:
         self.model_dir, self.source = model_dir, source
         self.options = options or DecodeOptions()
         try:
-            self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
+            # num_workers = CTranslate2 replicas sharing one copy of the weights: `workers` decodes
+            # run in parallel, each on `cpu_threads` threads.
+            self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads,
+                                      num_workers=max(1, workers))
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError on a bad model file
             raise ModelError(f"cannot load Whisper model from {model_dir}: {exc}") from exc
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, True, task="transcribe", language="zh")
         self._suppress = list(get_suppressed_tokens(self.tokenizer, [-1]))
-        self._lock = threading.Lock()  # one decode at a time per model: the cores are the limit
+        # At most one decode per replica: the cores are the limit, and a queue in front of CTranslate2
+        # would hide the wait from the pool's deadline.
+        self._slots = threading.BoundedSemaphore(max(1, workers))
 
     @classmethod
     def from_env(cls, config: VoiceConfig, env: Mapping[str, str], cache_dir: Path) -> WhisperRecognizer:
         model_dir, source = resolve_model_dir(env, cache_dir)
         options = DecodeOptions(beam_size=config.beam_size, vad_threshold=config.vad_threshold,
                                 vad_pad_ms=config.vad_speech_pad_ms)
-        return cls(model_dir, options, cpu_threads=config.cpu_threads, compute_type=config.compute_type, source=source)
+        return cls(model_dir, options, cpu_threads=config.cpu_threads, workers=config.decode_workers,
+                   compute_type=config.compute_type, source=source)
 
     # --- public ------------------------------------------------------------------------------
     def transcribe(self, audio: Audio, expect: Expectation | None = None) -> Transcript:
@@ -286,7 +292,7 @@ class WhisperRecognizer:
         # Fast Mandarin runs at ~17 字/s and a character can take 2 BPE tokens: a tighter cap
         # truncated fast speech (dev fast1 CER 0.38 → 0.43). The cap still stops runaway loops.
         max_tokens = int(min(440 - len(prompt), 24 + 30 * len(samples) / 16000))
-        with self._lock:
+        with self._slots:
             encoded = self.model.model.encode(view, to_cpu=False)
             result = self.model.model.generate(
                 encoded, [prompt], beam_size=self.options.beam_size, num_hypotheses=n_best, return_scores=True,
@@ -302,7 +308,7 @@ class WhisperRecognizer:
         prompt = self.options.base_prompt
         if self.options.bias_prompt and expect.phrases:
             prompt = "，".join(expect.phrases) + "。" + prompt
-        with self._lock:
+        with self._slots:
             segments, _ = self.model.transcribe(
                 samples, language="zh", beam_size=self.options.beam_size, initial_prompt=prompt or None,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
