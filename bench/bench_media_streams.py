@@ -49,6 +49,16 @@ def frames(path: Path) -> list[bytes]:
     return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
 
 
+def start_event(stream_sid: str, call_sid: str, caller: str) -> dict:
+    return {"event": "start", "streamSid": stream_sid,
+            "start": {"streamSid": stream_sid, "callSid": call_sid, "customParameters": {"caller": caller}}}
+
+
+def media_event(stream_sid: str, frame: bytes) -> dict:
+    return {"event": "media", "streamSid": stream_sid,
+            "media": {"track": "inbound", "payload": base64.b64encode(frame).decode()}}
+
+
 async def one_call(port: int, index: int, speech: list[bytes], delay: float = 0.0) -> float:
     import websockets
 
@@ -64,14 +74,11 @@ async def one_call(port: int, index: int, speech: list[bytes], delay: float = 0.
                 if event["event"] == kind:
                     return event
 
-        await send({"event": "start", "streamSid": stream_sid,
-                    "start": {"streamSid": stream_sid, "callSid": f"CA{index:032x}",
-                              "customParameters": {"caller": "+8613800138000"}}})
+        await send(start_event(stream_sid, f"CA{index:032x}", "+8613800138000"))
         mark = await until("mark")
         await send({"event": "mark", "streamSid": stream_sid, "mark": mark["mark"]})
         for frame in speech:
-            await send({"event": "media", "streamSid": stream_sid,
-                        "media": {"track": "inbound", "payload": base64.b64encode(frame).decode()}})
+            await send(media_event(stream_sid, frame))
             await asyncio.sleep(0.02)
         spoke_at = time.perf_counter()
         silence = asyncio.create_task(_silence(send, stream_sid))
@@ -83,8 +90,7 @@ async def one_call(port: int, index: int, speech: list[bytes], delay: float = 0.
 
 async def _silence(send, stream_sid: str) -> None:
     while True:
-        await send({"event": "media", "streamSid": stream_sid,
-                    "media": {"track": "inbound", "payload": base64.b64encode(SILENCE).decode()}})
+        await send(media_event(stream_sid, SILENCE))
         await asyncio.sleep(0.02)
 
 
@@ -137,16 +143,13 @@ class BusyLine:
                 tick = time.perf_counter()
                 while True:
                     frame = pending.pop(0) if pending else SILENCE
-                    await send({"event": "media", "streamSid": stream_sid,
-                                "media": {"track": "inbound", "payload": base64.b64encode(frame).decode()}})
+                    await send(media_event(stream_sid, frame))
                     if frame is not SILENCE and not pending:
                         spoke_at[0] = time.perf_counter()
                     tick += 0.02
                     await asyncio.sleep(max(0.0, tick - time.perf_counter()))
 
-            await send({"event": "start", "streamSid": stream_sid,
-                        "start": {"streamSid": stream_sid, "callSid": f"CA{self.index:08x}{self.calls:024x}",
-                                  "customParameters": {"caller": f"+86138{self.index:08d}"}}})
+            await send(start_event(stream_sid, f"CA{self.index:08x}{self.calls:024x}", f"+86138{self.index:08d}"))
             sender = asyncio.create_task(pace())
             try:
                 prompt_frames, first_frame_at = 0, None

@@ -30,7 +30,7 @@ PAGE_DIR = Path(__file__).resolve().parent.parent / "kiosk"
 SESSION = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_TEXT = 500
 MAX_AUDIO_BYTES = 4 * 1024 * 1024  # ~2 minutes of 16 kHz PCM: longer is not one utterance
-# Closed answers the recogniser can choose among, by what the conversation waits for.
+
 
 def _error(code: str, detail: str, status: int = 400):
     return jsonify({"error": code, "detail": detail}), status

@@ -60,7 +60,12 @@ class StreamCall:
     keyed: str = ""
     marks: int = 0
     closing: bool = False
-    detector: EndpointDetector = field(default_factory=lambda: EndpointDetector(TELEPHONE_RATE))
+    detector: EndpointDetector = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The flow's time to start answering (counted from the end of each prompt, see `mark`).
+        self.detector = EndpointDetector(TELEPHONE_RATE, min_silence_ms=self.services.config.vad_min_silence_ms,
+                                         no_input_seconds=float(self.phone.flow.gather.get("first_input_seconds", 8)))
 
     async def start(self, event: dict[str, Any]) -> None:
         start = event.get("start") or {}
@@ -174,9 +179,7 @@ class MediaStreamServer:
         async def send(message: dict[str, Any]) -> None:
             await socket.send(json.dumps(message))
 
-        detector = EndpointDetector(TELEPHONE_RATE, min_silence_ms=services.config.vad_min_silence_ms,
-                                    no_input_seconds=float(self.flow.gather.get("first_input_seconds", 8)))
-        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send, detector=detector)
+        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send)
         try:
             async for raw in socket:
                 event = json.loads(raw)

@@ -149,10 +149,15 @@ def short_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def limit_statements(session: Session, timeout_ms: int) -> None:
+    """On Postgres the server gives up too, not only our wait (SQLite has no such setting)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+
+
 def ping_database(session_factory: Callable[[], Session], statement_timeout_ms: int = 2000) -> None:
     with session_factory() as session:
-        if session.get_bind().dialect.name == "postgresql":  # the server gives up too, not only us
-            session.execute(text(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"))
+        limit_statements(session, statement_timeout_ms)
         session.execute(text("SELECT 1")).scalar_one()
 
 
@@ -288,8 +293,7 @@ class DatabaseCollector(Collector):
         # Read-only, but on SQLite every transaction is BEGIN IMMEDIATE (backend.db): the write
         # lock is held for these few milliseconds; a long writer makes the scrape time out instead.
         with self._sessions() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text(f"SET LOCAL statement_timeout = {int(self._timeout * 1000)}"))
+            limit_statements(session, int(self._timeout * 1000))
             outbox = dict(session.execute(
                 select(SmsOutbox.send_state, func.count()).where(SmsOutbox.send_state.in_(OUTBOX_STATES))
                 .group_by(SmsOutbox.send_state)).all())

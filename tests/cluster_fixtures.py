@@ -305,6 +305,8 @@ class Store:
     def rows(self, sql: str, **params: Any) -> list[Any]:
         from sqlalchemy import bindparam, text
 
+        if any(isinstance(v, (list, tuple, set)) and not v for v in params.values()):
+            return []  # `IN ()` is not SQL; nothing can match an empty list anyway
         statement = text(sql)
         for name, value in params.items():
             if isinstance(value, (list, tuple, set)):
@@ -317,35 +319,24 @@ class Store:
         """MessageSid → [(ticket id, reference)] of the tickets created for it."""
         keys = [f"sms:{sid}" for sid in sids]
         out: dict[str, list[tuple[int, str]]] = {}
-        if not keys:
-            return out
         for key, ticket_id, ref in self.rows(
                 "SELECT idempotency_key, id, reference FROM tickets WHERE idempotency_key IN :keys", keys=keys):
             out.setdefault(key.removeprefix("sms:"), []).append((int(ticket_id), ref))
         return out
 
     def inbound_counts(self, sids: Iterable[str]) -> Counter[str]:
-        sids = list(sids)
-        if not sids:
-            return Counter()
         return Counter(sid for (sid,) in self.rows(
-            "SELECT message_sid FROM sms_inbound WHERE message_sid IN :sids", sids=sids))
+            "SELECT message_sid FROM sms_inbound WHERE message_sid IN :sids", sids=list(sids)))
 
     def applications(self, references: Iterable[str]) -> Counter[str]:
-        refs = list(references)
-        if not refs:
-            return Counter()
         return Counter(ref for (ref,) in self.rows(
-            "SELECT reference FROM applications WHERE reference IN :refs", refs=refs))
+            "SELECT reference FROM applications WHERE reference IN :refs", refs=list(references)))
 
     def outbox(self, ticket_ids: Iterable[int]) -> list[dict[str, Any]]:
-        ids = list(ticket_ids)
-        if not ids:
-            return []
         return [{"id": r[0], "ticket_id": r[1], "state": r[2], "attempts": r[3],
                  "to": self.cipher.decrypt(r[4]), "body": self.cipher.decrypt(r[5])}
                 for r in self.rows("SELECT id, ticket_id, send_state, attempts, to_enc, body_enc FROM sms_outbox "
-                                   "WHERE ticket_id IN :ids", ids=ids)]
+                                   "WHERE ticket_id IN :ids", ids=list(ticket_ids))]
 
     def job(self, dedupe_key: str) -> dict[str, Any] | None:
         rows = self.rows("SELECT id, state, attempts, locked_by FROM jobs WHERE dedupe_key = :k", k=dedupe_key)

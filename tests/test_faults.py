@@ -149,6 +149,20 @@ def run_with_fault(cluster: LocalCluster, store: Store, photo_url: str, fault: C
     }, sms
 
 
+def outage(cluster: LocalCluster, stop: Callable[[], Any], start: Callable[[], Any],
+           seconds: float = 1.0) -> Callable[[], dict[str, Any]]:
+    """A fault: a server is down for `seconds` (readiness probed meanwhile), then back."""
+    def fault() -> dict[str, Any]:
+        stop()
+        down_at = time.monotonic()
+        readyz = cluster.probe()
+        time.sleep(max(0.0, seconds - (time.monotonic() - down_at)))
+        start()
+        return {"down_at": down_at, "down_s": round(time.monotonic() - down_at, 2), "readyz_while_down": readyz}
+
+    return fault
+
+
 def assert_serves(cluster: LocalCluster, store: Store, photo_url: str) -> None:
     """After the fault: a new photo report gets its reference and its status SMS, and a whole
     conversation ends in a stored application."""
@@ -211,15 +225,8 @@ def test_restart_redis(cluster, store, photo_url, capsys):
     for _ in range(2):
         assert talk.next().ok
 
-    def fault() -> dict[str, Any]:
-        cluster.stop_redis()  # SIGTERM: the append-only file is flushed
-        down_at = time.monotonic()
-        readyz = cluster.probe()
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - down_at)))
-        cluster.start_redis()
-        return {"down_at": down_at, "down_s": round(time.monotonic() - down_at, 2), "readyz_while_down": readyz}
-
-    figures, sms = run_with_fault(cluster, store, photo_url, fault)
+    # stop_redis sends SIGTERM: the append-only file is flushed first
+    figures, sms = run_with_fault(cluster, store, photo_url, outage(cluster, cluster.stop_redis, cluster.start_redis))
     assert figures["readyz_while_down"] == 503
     talk.finish()  # the conversation came back from the append-only file
     assert store.applications([talk.reference])[talk.reference] == 1
@@ -229,15 +236,9 @@ def test_restart_redis(cluster, store, photo_url, capsys):
 
 
 def test_restart_postgres(cluster, store, photo_url, capsys):
-    def fault() -> dict[str, Any]:
-        cluster.stop_postgres("immediate")  # like a crash: WAL recovery at the next start
-        down_at = time.monotonic()
-        readyz = cluster.probe()
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - down_at)))
-        cluster.start_postgres()
-        return {"down_at": down_at, "down_s": round(time.monotonic() - down_at, 2), "readyz_while_down": readyz}
-
-    figures, sms = run_with_fault(cluster, store, photo_url, fault)
+    # "immediate" is like a crash: WAL recovery at the next start
+    crash = outage(cluster, lambda: cluster.stop_postgres("immediate"), cluster.start_postgres)
+    figures, sms = run_with_fault(cluster, store, photo_url, crash)
     assert figures["readyz_while_down"] == 503
     assert sms.duplicated <= 1, sms  # see test_kill_job_worker
     assert_serves(cluster, store, photo_url)

@@ -206,8 +206,7 @@ def test_a_senior_gets_eight_seconds_after_the_prompt_ends_not_after_it_starts(s
             sent = [0]
             reader = asyncio.create_task(listen())
             for _ in range(600):  # 12 s of quiet after the prompt, a little faster than real time
-                await twilio.send({"event": "media", "streamSid": "MZ" + "d" * 32,
-                                   "media": {"track": "inbound", "payload": base64.b64encode(SILENCE).decode()}})
+                await twilio.media([SILENCE])
                 sent[0] += 1
                 await asyncio.sleep(0.002)
             await asyncio.sleep(2)

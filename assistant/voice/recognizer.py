@@ -119,11 +119,8 @@ class VoiceConfig:
     @property
     def decode_workers(self) -> int:
         """How many utterances are decoded at once: `workers`, or one per usable core for "auto"."""
-        if isinstance(self.workers, int) and self.workers > 0:
-            return self.workers
-        if str(self.workers).isdigit() and int(self.workers) > 0:
-            return int(self.workers)
-        return usable_cores()
+        value = str(self.workers).strip()  # 3, "3" or "auto" (YAML gives either type)
+        return int(value) if value.isdigit() and int(value) > 0 else usable_cores()
 
 
 def usable_cores() -> int:
