@@ -114,8 +114,8 @@ def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
     from flask import Flask
 
     from channels import sensors
+    from channels.twilio_signature import TwilioConfig
     from channels.twilio_sms import TwilioSmsSender
-    from runtime.ticket_loop import TwilioConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
     url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"

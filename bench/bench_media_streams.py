@@ -38,7 +38,6 @@ from assistant.config import load_settings  # noqa: E402
 from assistant.voice.audio import mulaw_encode, read_wav, resample  # noqa: E402
 from channels.twilio_media import FRAME_BYTES, MediaStreamServer  # noqa: E402
 from runtime.container import build_runtime  # noqa: E402
-from runtime.voice_services import voice_services  # noqa: E402
 
 SILENCE = bytes([0xFF]) * FRAME_BYTES
 
@@ -232,7 +231,7 @@ def main() -> None:
     if args.threads:
         voice["cpu_threads"] = int(args.threads)
     runtime = build_runtime(settings)
-    services = voice_services(runtime)
+    services = runtime.voice
     assert services.pool is not None, services.unavailable
     services.speech_file("您好，这里是社区服务热线。")  # load the engines before timing
     server = MediaStreamServer(runtime, "127.0.0.1", 0)

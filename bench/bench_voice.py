@@ -145,8 +145,8 @@ def bench_closed(base: WhisperRecognizer, data) -> None:
 def bench_latency(data, turns: int) -> None:
     """3 s utterance → reply audio ready: VAD + ASR + NLU + dialogue (real core, SQLite) + TTS."""
     from assistant.types import UserMessage
+    from assistant.voice.engines import build_recognizer
     from assistant.voice.pipeline import VoiceTurnRequest, run_voice_turn
-    from assistant.voice.recognizer import build_recognizer
     from assistant.voice.tts import build_tts
     from runtime.container import build_runtime
 

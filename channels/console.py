@@ -29,7 +29,6 @@ from assistant.dialogue.domain import Domain
 from backend.models import STATUS_LABELS_ZH
 from backend.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
 from backend.staff_queries import SECTIONS, form_slots_text
-from runtime.cli_staff import staff_services_for
 
 NAME = "console"
 COOKIE = "console_session"
@@ -57,7 +56,7 @@ LOGIN_MESSAGES = {"invalid": ("用户名或密码不对，请再试一次。", 4
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__, url_prefix="/console", template_folder="templates",
                    static_folder="static/console", static_url_path="/static")
-    services = staff_services_for(runtime)
+    services = runtime.staff
     directory, queries = services.directory, services.queries
     tz = runtime.settings.timezone
     # Form and slot names as staff read them (the same labels the assistant speaks).
@@ -202,9 +201,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     # --- tickets -------------------------------------------------------------------------------------
     def ticket_desk():
-        from runtime.ticket_loop import ticket_loop_for
-
-        return ticket_loop_for(runtime).desk
+        return runtime.ticket_loop.desk
 
     @bp.get("/tickets")
     @section("tickets")
@@ -254,10 +251,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
     def alert_action(alert_id: int, action: str):
         if action not in ALERT_ACTIONS or not queries.can_see_alert(g.staff, alert_id):
             abort(404)
-        from runtime.cli_alerts import alert_desk_for
-
-        alert_desk_for(runtime).staff_action(alert_id, action, g.staff.username,
-                                             (request.form.get("note") or "").strip()[:200] or None)
+        runtime.alerts.staff_action(alert_id, action, g.staff.username,
+                                    (request.form.get("note") or "").strip()[:200] or None)
         return redirect(url_for(f"{NAME}.alerts"), 303)
 
     # --- residents -----------------------------------------------------------------------------------

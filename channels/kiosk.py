@@ -20,7 +20,6 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 from assistant.types import Button, Reply, UserMessage
 from assistant.voice.audio import AudioError, load_for_asr
 from assistant.voice.phrases import answer_expectation, heard_answer
-from runtime.voice_services import voice_services
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     def spoken_url(text: str) -> str | None:
         try:
-            return voice_services(runtime).tts_url(text, "/kiosk/api/tts/")
+            return runtime.voice.tts_url(text, "/kiosk/api/tts/")
         except Exception:  # the text is on screen anyway; a silent reply beats a failed one
             log.warning("kiosk TTS failed; replying with text only", exc_info=True)
             return None
@@ -97,7 +96,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         session = session_id(request.args.get("session"))
         if session is None:
             return _error("invalid_session", "'session' must be 16–64 hex characters")
-        voice = voice_services(runtime)
+        voice = runtime.voice
         if voice.pool is None:
             return _error("asr_unavailable", "现在听不了说话，请按屏幕上的按钮办理。", 503)
         data = request.get_data(cache=False)
@@ -137,7 +136,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     @bp.get("/kiosk/api/tts/<name>")
     def tts(name: str):
-        voice = voice_services(runtime)
+        voice = runtime.voice
         path = voice.tts_file(name)
         if path is None:
             return _error("not_found", "no such audio", 404)

@@ -24,7 +24,6 @@ from typing import Any
 from flask import Blueprint, jsonify, request, send_file
 
 from backend.tickets import TicketView
-from runtime.ticket_loop import ticket_loop_for
 
 NAME = "open311"
 CLOSED = {"resolved", "rated", "closed", "rejected", "duplicate", "cancelled"}
@@ -46,7 +45,7 @@ def _parse_time(value: str | None) -> datetime | None:
 
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__)
-    loop = ticket_loop_for(runtime)
+    loop = runtime.ticket_loop
     desk = loop.desk
     tz = runtime.settings.timezone
     keys = [k.strip() for k in (runtime.settings.env.get("OPEN311_API_KEYS") or "").split(",") if k.strip()]

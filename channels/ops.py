@@ -3,7 +3,7 @@
 GET /healthz  liveness: the process answers (no dependency is checked; restarting it would not help)
 GET /readyz   readiness: database `SELECT 1` and, when sessions live in Redis, PING — each with a
               short timeout, so the answer comes within ~2 s even when a server hangs
-GET /metrics  Prometheus exposition (runtime.observability)
+GET /metrics  Prometheus exposition (backend.observability)
 
 Each request gets a request id (a well-formed incoming X-Request-Id, else a new one) that is in
 every log line of the request and in the response's X-Request-Id header, and is counted and
@@ -26,8 +26,8 @@ from redis.retry import Retry
 
 from assistant import logcontext
 from assistant.privacy import mask_text
+from backend import observability as obs
 from backend.sessions import RedisSessionStore
-from runtime import observability as obs
 
 NAME = "ops"
 log = logging.getLogger(__name__)

@@ -23,9 +23,7 @@ from flask import Blueprint, Response, jsonify, request
 from twilio.twiml.voice_response import VoiceResponse
 
 from backend.alerts.desk import MAX_BATCH, BatchError, TokenError
-from channels.twilio_signature import TwilioSignature
-from runtime.cli_alerts import alert_desk_for
-from runtime.ticket_loop import TwilioConfig
+from channels.twilio_signature import TwilioConfig, TwilioSignature
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ def _error(code: str, detail: str, status: int, **extra: Any):
 
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__)
-    desk = alert_desk_for(runtime)
+    desk = runtime.alerts
     signature = TwilioSignature(TwilioConfig.from_env(runtime.settings.env), "alert calls")
 
     @bp.post("/api/sensors/readings")

@@ -28,8 +28,6 @@ from flask import Blueprint, g, jsonify, request
 
 from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
-from runtime.cli_staff import staff_services_for
-from runtime.ticket_loop import ticket_loop_for
 
 NAME = "staff_api"
 ACTIONS = {"route", "accept", "start", "resolve", "reject", "reopen", "close"}
@@ -58,12 +56,12 @@ def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], *, p
 
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__, url_prefix="/staff/api")
-    desk = ticket_loop_for(runtime).desk
+    desk = runtime.ticket_loop.desk
     token = runtime.settings.env.get("STAFF_API_TOKEN") or ""
 
     photo_limit = desk.media.policy.max_bytes + 64 * 1024
 
-    staff = staff_services_for(runtime)
+    staff = runtime.staff
 
     @bp.post("/login")
     def login():

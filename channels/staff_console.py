@@ -11,14 +11,12 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
-from runtime.ticket_loop import ticket_loop_for
-
 NAME = "staff_console"
 
 
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__, template_folder="templates")
-    desk = ticket_loop_for(runtime).desk
+    desk = runtime.ticket_loop.desk
 
     @bp.get("/staff/console")
     def console():

@@ -29,7 +29,6 @@ from assistant.voice.phrases import answer_expectation, heard_answer
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
-from runtime.voice_services import voice_services
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class MediaStreamServer:
         if getattr(socket, "request", None) is not None and socket.request.path.split("?")[0] != PATH:
             await socket.close(code=1008, reason="unknown path")
             return
-        services = voice_services(self.runtime)
+        services = self.runtime.voice
         if services.pool is None or not services.local_voice:
             # Without a local recogniser or voice we cannot run the call here: hand it back to
             # <Gather> and Twilio's recogniser (after-stream picks it up).

@@ -35,9 +35,7 @@ from backend.outbox import SendError, SendResult, SmsSender
 from backend.sms_format import e164, mainland_mobile, segments
 from backend.sms_inbox import SmsInbox
 from backend.tickets import IncomingMedia, IntakeResult, TicketDesk, UnitOfWork
-from channels.twilio_signature import TwilioSignature
-from runtime.cli_alerts import alert_desk_for
-from runtime.ticket_loop import TwilioConfig, ticket_loop_for
+from channels.twilio_signature import TwilioConfig, TwilioSignature
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +149,7 @@ class SmsHandler:
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
-        self.loop = ticket_loop_for(runtime)
+        self.loop = runtime.ticket_loop
         self.desk: TicketDesk = self.loop.desk
         self.inbox = SmsInbox(self.loop.cipher)
         self.assistant = runtime.assistant
@@ -186,7 +184,7 @@ class SmsHandler:
             if outcome.handled:
                 return self._answer(msg, "keyword", outcome.reply or "")
         if not self._in_conversation_form(msg):  # "1"/"收到" from someone told about a care alert
-            ack = alert_desk_for(self.runtime).acknowledge(msg.sender, msg.body, "sms")
+            ack = self.runtime.alerts.acknowledge(msg.sender, msg.body, "sms")
             if ack is not None:
                 return self._answer(msg, "alert", ack.reply)
         if word in {"0", "人工"}:

@@ -29,9 +29,7 @@ from assistant.ivr import CallInput, IvrFlow
 from assistant.privacy import mask_phone
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
-from channels.twilio_signature import TwilioSignature
-from runtime.ticket_loop import TwilioConfig
-from runtime.voice_services import voice_services
+from channels.twilio_signature import TwilioConfig, TwilioSignature
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +136,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
     stream_url = settings.env.get("MEDIA_STREAM_URL") or None
     use_stream = voice_config.get("phone_recognizer") == "local" and stream_url
     prompts = settings.env.get("PHONE_PROMPTS") or flow.say.get("mode", "play")
-    speech_file = (lambda text: voice_services(runtime).speech_file(text)) if prompts == "play" else None
+    speech_file = (lambda text: runtime.voice.speech_file(text)) if prompts == "play" else None
     twiml = TwimlRenderer(flow, settings.env.get("AGENT_NUMBER") or None, stream_url, speech_file)
     signature = TwilioSignature(TwilioConfig.from_env(settings.env), NAME)
     bp = Blueprint(NAME, __name__)
@@ -236,7 +234,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     @bp.get(f"{TTS_PATH}/<name>")
     def prompt_audio(name: str) -> Response:
-        path = voice_services(runtime).tts_file(name)
+        path = runtime.voice.tts_file(name)
         if path is None:
             return Response("no such audio", status=404, mimetype="text/plain")
         return send_file(path, mimetype="audio/wav", max_age=86400)

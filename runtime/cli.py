@@ -14,7 +14,7 @@ from assistant.config import load_settings
 
 def _logging(verbose: bool = False) -> None:
     # Text for a terminal; LOG_FORMAT=json (production) gives one masked JSON object per line.
-    from runtime.observability import configure_logging
+    from backend.observability import configure_logging
 
     configure_logging(verbose)
 
@@ -45,25 +45,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         background_worker(runtime).start_thread()
     # Load (on a fresh clone: assemble, with progress in the log) the recogniser now, in the
     # background, so the first caller does not wait for it; text channels serve meanwhile.
-    from runtime.voice_services import voice_services
-
-    threading.Thread(target=lambda: voice_services(runtime).pool, name="asr-warmup", daemon=True).start()
+    threading.Thread(target=lambda: runtime.voice.pool, name="asr-warmup", daemon=True).start()
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
     return 0
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
     """Twilio Media Streams (local speech recognition on calls) as their own asyncio process."""
+    from backend.observability import bind_runtime
     from channels.twilio_media import MediaStreamServer
     from runtime.container import build_runtime
-    from runtime.voice_services import voice_services
 
     settings = load_settings()
     runtime = build_runtime(settings)
-    from runtime.observability import bind_runtime
-
     bind_runtime(runtime)  # conversation ids in logs match the web workers'; ASR metrics
-    if voice_services(runtime).pool is None:  # load the recogniser before taking calls
+    if runtime.voice.pool is None:  # load the recogniser before taking calls
         logging.getLogger(__name__).warning("no local recogniser: calls will be handed back to <Gather>")
     server = MediaStreamServer(runtime, args.host or settings.host, args.port)
     logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", server.host, server.port)

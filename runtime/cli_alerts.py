@@ -18,44 +18,8 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from assistant.config import Settings, load_settings
-
-
-def alert_rules(settings: Settings):
-    from backend.alerts.rules import AlertRules
-
-    tz = (settings.config.get("dialogue") or {}).get("timezone", "Asia/Shanghai")
-    return AlertRules.from_config(settings.config.get("alerts"), tz)
-
-
-def build_alert_desk(settings: Settings, sessions: Any, cipher: Any, clock: Any, outbox: Any, *,
-                     call_placer: Any = None, integrations: Any = None):
-    """The desk for a runtime: same outbox as the ticket loop (one worker drains both)."""
-    from backend.alerts.desk import AlertDesk
-    from backend.alerts.dispatch import call_placer_from_env, integrations_from_config
-
-    rules = alert_rules(settings)
-    if integrations is None:
-        integrations = integrations_from_config(rules.integrations, settings.env)
-    if call_placer is None:
-        call_placer = call_placer_from_env(settings.env)
-    public = (settings.env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None
-    return AlertDesk(sessions, cipher, clock, outbox, rules, integrations=integrations,
-                     call_placer=call_placer, public_base_url=public)
-
-
-def alert_desk_for(runtime: Any):
-    """`runtime.alerts`, built on first use for runtimes made before the container knew it."""
-    desk = getattr(runtime, "alerts", None)
-    if desk is None:
-        from runtime.ticket_loop import ticket_loop_for
-
-        loop = ticket_loop_for(runtime)
-        desk = build_alert_desk(runtime.settings, runtime.db_sessions, runtime.cipher, runtime.clock, loop.outbox)
-        runtime.alerts = desk
-    return desk
+from assistant.config import load_settings
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -68,6 +32,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no such file: {path}", file=sys.stderr)
         return 2
+    from runtime.container import alert_rules
+
     try:
         rules = alert_rules(load_settings())
         households = load_households(args.households) if args.households else None
@@ -96,7 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from backend.alerts.households import HouseholdsFileError, load_households
     from backend.outbox import Outbox
-    from runtime.container import make_cipher, make_clock, open_database
+    from runtime.container import build_alert_desk, make_cipher, make_clock, open_database
 
     try:
         households = load_households(args.households)
@@ -115,6 +81,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from backend.alerts.engine import AlertEngine
     from backend.alerts.simulate import simulate
+    from runtime.container import alert_rules
 
     rules = alert_rules(load_settings())
     report = simulate(AlertEngine(rules, track_dispatch=True), households=args.households, days=args.days,

@@ -11,32 +11,9 @@ import argparse
 import getpass
 import json
 import sys
-from dataclasses import dataclass
-from typing import Any
 
-from assistant.config import Settings, load_settings
+from assistant.config import load_settings
 from backend.staff import ROLES, StaffDirectory, StaffPolicy
-from backend.staff_queries import StaffQueries
-
-
-@dataclass
-class StaffServices:
-    directory: StaffDirectory
-    queries: StaffQueries
-
-
-def build_staff_services(settings: Settings, sessions: Any, cipher: Any, clock: Any) -> StaffServices:
-    policy = StaffPolicy.from_config(settings.config)
-    return StaffServices(StaffDirectory(sessions, cipher, clock, policy), StaffQueries(sessions, cipher, clock, policy))
-
-
-def staff_services_for(runtime: Any) -> StaffServices:
-    """`runtime.staff`, built on first use (the container does not know it yet)."""
-    services = getattr(runtime, "staff", None)
-    if services is None:
-        services = build_staff_services(runtime.settings, runtime.db_sessions, runtime.cipher, runtime.clock)
-        runtime.staff = services
-    return services
 
 
 def _read_password() -> str:

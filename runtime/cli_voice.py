@@ -45,8 +45,9 @@ def cmd_asr_eval(args: argparse.Namespace, settings: Settings | None = None,
                  stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     from dataclasses import replace
 
+    from assistant.voice.engines import build_recognizer
     from assistant.voice.evaluate import EvalRow, evaluate_dir, read_transcripts, summary
-    from assistant.voice.recognizer import RecognizerUnavailable, VoiceConfig, build_recognizer
+    from assistant.voice.recognizer import RecognizerUnavailable, VoiceConfig
 
     out, err = stdout or sys.stdout, stderr or sys.stderr
     settings = settings or load_settings()
@@ -93,7 +94,8 @@ def _version(dist: str) -> str | None:
 
 def diagnose(settings: Settings) -> dict[str, Any]:
     """Everything `doctor` reports, as data (tests call this)."""
-    from assistant.voice.recognizer import RecognizerUnavailable, VoiceConfig, build_recognizer, default_cache_dir
+    from assistant.voice.engines import build_recognizer, default_cache_dir
+    from assistant.voice.recognizer import RecognizerUnavailable, VoiceConfig
     from assistant.voice.tts import TtsUnavailable, TwilioSay, _CachedEngine, build_tts
     from assistant.voice.vad import silero_model_path
 

@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from assistant.config import load_settings
-    from runtime.cli_alerts import build_alert_desk
-    from runtime.container import build_backend, make_cipher, make_clock
+    from runtime.container import build_alert_desk, build_backend, make_cipher, make_clock
     from runtime.ticket_loop import build_ticket_loop, worker_handlers
 
     settings = load_settings()
@@ -51,12 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.cli import _logging
+    from backend.observability import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m runtime.cli_worker")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["worker", *(sys.argv[1:] if argv is None else argv)])
-    _logging(False)
+    configure_logging()
     return int(args.func(args) or 0)
 
 

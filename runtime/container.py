@@ -1,14 +1,17 @@
 """Composition root: builds the store, session store, NLU, dialogue and assistant from Settings.
 
-The only place that knows every layer; assistant/ never imports backend/ or channels/.
+The only place that knows every layer; assistant/ never imports backend/ or channels/, and
+channels/ get every service from the Runtime they are handed (never by importing runtime/).
 """
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -26,8 +29,39 @@ from backend.outbox import Outbox
 from backend.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
 from backend.services import StoreBackend
 from backend.sessions import make_session_store
+from backend.staff import StaffDirectory, StaffPolicy
+from backend.staff_queries import StaffQueries
+
+if TYPE_CHECKING:
+    from backend.alerts.desk import AlertDesk
+    from backend.alerts.rules import AlertRules
+    from runtime.ticket_loop import TicketLoop
+    from runtime.voice_services import VoiceServices
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class built_once(Generic[T]):  # lower case: used like functools.cached_property
+    """A cached property that holds a lock while it builds (functools' lost its lock in 3.12): two
+    first requests at once must not build two ticket loops or load the recogniser twice. The value
+    can be assigned instead (tests hand in a loop with a fake Twilio)."""
+
+    _lock = threading.RLock()  # re-entrant: the alert desk builds the ticket loop it shares
+
+    def __init__(self, build: Callable[[Any], T]) -> None:
+        self.build, self.__doc__ = build, build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, runtime: Any, owner: type | None = None) -> T:
+        if runtime is None:
+            return self  # type: ignore[return-value]
+        with self._lock:
+            if self.name not in runtime.__dict__:
+                runtime.__dict__[self.name] = self.build(runtime)
+        return runtime.__dict__[self.name]
 
 
 @dataclass
@@ -41,9 +75,71 @@ class Runtime:
     db_sessions: Callable[[], Session]  # SQLAlchemy session factory for other backend services
     calls: CallLog
     proxies: ProxyService | None = None
-    voice: Any = None  # runtime.voice_services.VoiceServices, built on first use
-    alerts: Any = None  # backend.alerts.desk.AlertDesk, built on first use (runtime.cli_alerts)
-    ticket_loop: Any = None  # runtime.ticket_loop.TicketLoop (jobs, SMS outbox, tickets), built on first use
+
+    # Services a process may never need, built on first use: a touch-only kiosk never loads the
+    # recogniser, a CLI command never opens the OCR models.
+    @built_once
+    def ticket_loop(self) -> TicketLoop:
+        """Job queue, SMS outbox with its Twilio sender, and the ticket desk."""
+        from runtime.ticket_loop import build_ticket_loop
+
+        return build_ticket_loop(self.settings, self.db_sessions, self.cipher, self.clock)
+
+    @built_once
+    def alerts(self) -> AlertDesk:
+        """The care-alert desk; it sends through the ticket loop's outbox (one worker drains both)."""
+        return build_alert_desk(self.settings, self.db_sessions, self.cipher, self.clock, self.ticket_loop.outbox)
+
+    @built_once
+    def staff(self) -> StaffServices:
+        """Staff directory (logins) and role-scoped queries for the console and department API."""
+        return build_staff_services(self.settings, self.db_sessions, self.cipher, self.clock)
+
+    @built_once
+    def voice(self) -> VoiceServices:
+        """Recogniser behind a decode pool, and the TTS engine with its cache."""
+        from assistant.voice.recognizer import VoiceConfig
+        from runtime.voice_services import VoiceServices
+
+        settings = self.settings
+        return VoiceServices(VoiceConfig.from_config(settings.config), settings.env, Path(settings.model_dir),
+                             Path(settings.data_dir))
+
+
+def alert_rules(settings: Settings) -> AlertRules:
+    from backend.alerts.rules import AlertRules
+
+    tz = (settings.config.get("dialogue") or {}).get("timezone", "Asia/Shanghai")
+    return AlertRules.from_config(settings.config.get("alerts"), tz)
+
+
+def build_alert_desk(settings: Settings, sessions: Any, cipher: Any, clock: Any, outbox: Outbox, *,
+                     call_placer: Any = None, integrations: Any = None) -> AlertDesk:
+    """The desk for a runtime: same outbox as the ticket loop (one worker drains both)."""
+    from backend.alerts.desk import AlertDesk
+    from backend.alerts.dispatch import call_placer_from_env, integrations_from_config
+
+    rules = alert_rules(settings)
+    if integrations is None:
+        integrations = integrations_from_config(rules.integrations, settings.env)
+    if call_placer is None:
+        call_placer = call_placer_from_env(settings.env)
+    public = (settings.env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None
+    return AlertDesk(sessions, cipher, clock, outbox, rules, integrations=integrations,
+                     call_placer=call_placer, public_base_url=public)
+
+
+@dataclass
+class StaffServices:
+    """Staff logins and the role-scoped queries behind the console and the department API."""
+
+    directory: StaffDirectory
+    queries: StaffQueries
+
+
+def build_staff_services(settings: Settings, sessions: Any, cipher: Any, clock: Any) -> StaffServices:
+    policy = StaffPolicy.from_config(settings.config)
+    return StaffServices(StaffDirectory(sessions, cipher, clock, policy), StaffQueries(sessions, cipher, clock, policy))
 
 
 def make_clock(settings: Settings) -> Callable[[], datetime]:

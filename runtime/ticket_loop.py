@@ -1,8 +1,7 @@
 """Composition of the ticket loop: job queue, SMS outbox + Twilio sender, ticket desk, worker.
 
-Built from Settings like the rest of the runtime (runtime/container.py). Channels reach it as
-`runtime.ticket_loop`; `ticket_loop_for(runtime)` builds it on first use for runtimes made
-before the container knew about it.
+Built from Settings like the rest of the runtime; channels reach it as `runtime.ticket_loop`
+(runtime/container.py builds it on first use).
 """
 from __future__ import annotations
 
@@ -23,34 +22,9 @@ from backend.ocr import NoTextReader, RapidTextReader, TextReader
 from backend.outbox import Outbox, SmsSender
 from backend.sms_texts import texts_from_config
 from backend.tickets import LoopSettings, Taxonomy, TicketDesk, media_policy_from_config
+from channels.twilio_signature import TwilioConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TwilioConfig:
-    account_sid: str | None
-    auth_token: str | None
-    public_base_url: str | None  # the URL Twilio signs, when we sit behind a proxy
-    skip_signature: bool  # explicit, for local development only
-    from_number: str | None
-    messaging_service_sid: str | None
-    api_base_url: str | None  # another Twilio API host (a regional edge, or a test server)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TwilioConfig:
-        return cls(
-            account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
-            auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
-            public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
-            skip_signature=env.get("TWILIO_SKIP_SIGNATURE") == "1",
-            from_number=env.get("TWILIO_FROM_NUMBER") or None,
-            messaging_service_sid=env.get("TWILIO_MESSAGING_SERVICE_SID") or None,
-            api_base_url=(env.get("TWILIO_API_BASE_URL") or "").rstrip("/") or None,
-        )
-
-    def status_callback(self) -> str | None:
-        return f"{self.public_base_url}/webhooks/twilio/sms/status" if self.public_base_url else None
 
 
 @dataclass
@@ -94,16 +68,6 @@ def build_ticket_loop(settings: Settings, sessions: Any, cipher: FieldCipher, cl
     return TicketLoop(desk, outbox, queue, twilio, cipher, clock)
 
 
-def ticket_loop_for(runtime: Any) -> TicketLoop:
-    loop = getattr(runtime, "ticket_loop", None)
-    if loop is None:
-        sessions = getattr(runtime, "db_sessions", None) or runtime.backend.session_factory
-        cipher = getattr(runtime, "cipher", None) or runtime.backend.cipher
-        loop = build_ticket_loop(runtime.settings, sessions, cipher, runtime.clock)
-        runtime.ticket_loop = loop
-    return loop
-
-
 PURGE_JOB, PURGE_KEY = "retention.purge", "retention.purge:daily"
 
 
@@ -140,9 +104,5 @@ def worker_handlers(settings: Settings, sessions: Any, clock: Clock,
 
 def background_worker(runtime: Any, worker_id: str | None = None) -> Worker:
     """The worker for a runtime with every job handler (tickets, outbox, care alerts, retention)."""
-    from runtime.cli_alerts import alert_desk_for
-
-    loop = ticket_loop_for(runtime)
-    sessions = getattr(runtime, "db_sessions", None) or runtime.backend.session_factory
-    handlers = worker_handlers(runtime.settings, sessions, runtime.clock, alert_desk_for(runtime).job_handlers())
-    return loop.worker(worker_id, extra_handlers=handlers)
+    handlers = worker_handlers(runtime.settings, runtime.db_sessions, runtime.clock, runtime.alerts.job_handlers())
+    return runtime.ticket_loop.worker(worker_id, extra_handlers=handlers)

@@ -10,11 +10,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from assistant.voice.recognizer import DecodePool, VoiceConfig, shared_recognizer, unavailable_reason
+from assistant.voice.engines import shared_recognizer, unavailable_reason
+from assistant.voice.recognizer import DecodePool, VoiceConfig
 from assistant.voice.tts import TextToSpeech, build_tts
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
 
 
 class VoiceServices:
@@ -59,15 +59,3 @@ class VoiceServices:
             return None
         path = self.tts_dir / name
         return path if path.is_file() else None
-
-
-def voice_services(runtime: Any) -> VoiceServices:
-    services = getattr(runtime, "voice", None)
-    if services is None:
-        with _lock:
-            if getattr(runtime, "voice", None) is None:
-                settings = runtime.settings
-                runtime.voice = VoiceServices(VoiceConfig.from_config(settings.config), settings.env,
-                                              Path(settings.model_dir), Path(settings.data_dir))
-            services = runtime.voice
-    return services

@@ -17,9 +17,9 @@ from sqlalchemy.exc import OperationalError
 
 from assistant.config import load_settings
 from backend import db
+from backend.observability import configure_logging
 from channels.app import create_app
 from runtime.container import build_runtime
-from runtime.observability import configure_logging
 from runtime.ticket_loop import background_worker
 
 

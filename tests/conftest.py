@@ -159,6 +159,36 @@ def _libpq_url(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+def schema_drift(conn, tables: set[str]) -> list:
+    """compare_metadata's differences between the migrated database and the models that touch
+    `tables` (an empty list: the migrations create those tables exactly as modelled)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from backend.models import Base
+
+    ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+    return [d for d in compare_metadata(ctx, Base.metadata) if tables & _tables_in(d)]
+
+
+def _tables_in(diff: object) -> set[str]:
+    """Table names mentioned anywhere in one compare_metadata diff entry (nested tuples/lists)."""
+    found: set[str] = set()
+    stack = [diff]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple | list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            found.add(item)
+        else:
+            table = getattr(item, "table", None)
+            name = getattr(table, "name", None) or getattr(item, "name", None)
+            if isinstance(name, str):
+                found.add(name)
+    return found
+
+
 def sqlite_files_in_one_folder(folder: str):
     """Overrides `db_url` for a module so that its SQLite files land in one folder, which the
     module's final test scans for personal data in clear. Use: `scan_dir, db_url = sqlite_files_in_one_folder("x")`."""

@@ -14,7 +14,6 @@ from backend.models import Resident, Ticket
 from backend.references import new_reference
 from backend.staff import StaffDirectory
 from core_fixtures import make_id
-from runtime.cli_staff import staff_services_for
 
 PASSWORD = "correct-horse-42"
 # Fast hashing for tests; production uses argon2-cffi's defaults (RFC 9106 low-memory profile).
@@ -41,11 +40,11 @@ class World:
 
     @property
     def directory(self) -> StaffDirectory:
-        return staff_services_for(self.runtime).directory
+        return self.runtime.staff.directory
 
 
 def build_world(runtime) -> World:
-    services = staff_services_for(runtime)
+    services = runtime.staff
     services.directory._hasher = FAST_HASHER
     for username, (role, grid, department) in USERS.items():
         services.directory.create_user(username, PASSWORD, role, grid=grid, department=department)

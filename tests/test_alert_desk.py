@@ -9,13 +9,13 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
+from conftest import schema_drift
+from fixtures.twilio_world import JsonHandler
 from sqlalchemy import func, select
 
 from assistant.config import load_settings
@@ -27,7 +27,7 @@ from backend.alerts.rules import AlertRules
 from backend.alerts.store import Alert, AlertEvent, SensorReading, UnknownReading
 from backend.crypto import FieldCipher, KeyRing
 from backend.jobs import DbJobQueue, Worker
-from backend.models import AuditEntry, Base, Job, verify_audit_chain
+from backend.models import AuditEntry, Job, verify_audit_chain
 from backend.outbox import Outbox, SendResult
 from core_fixtures import TZ, FakeClock
 
@@ -62,38 +62,28 @@ class Loopback:
         return [r["json"] for r in self.requests if r["path"] == "/fire119"]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+class _Handler(JsonHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         world: Loopback = self.server.world  # type: ignore[attr-defined]
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if world.fail_next > 0:
             world.fail_next -= 1
-            self._answer(503, {"code": 20503, "message": "Service Unavailable", "status": 503})
+            self._json(503, {"code": 20503, "message": "Service Unavailable", "status": 503})
             return
         if self.path == "/fire119":
             world.requests.append({"path": self.path, "json": json.loads(raw.decode("utf-8")),
                                    "content_type": self.headers.get("Content-Type")})
-            self._answer(200, {"received": True})
+            self._json(200, {"received": True})
             return
         form = dict(urllib.parse.parse_qsl(raw.decode()))
         world.requests.append({"path": self.path, "form": form, "auth": self.headers.get("Authorization")})
         if self.path != f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json":
-            self._answer(404, {"code": 20404, "message": "The requested resource was not found", "status": 404})
+            self._json(404, {"code": 20404, "message": "The requested resource was not found", "status": 404})
             return
         sid = "CA" + f"{len(world.requests):032x}"
         # Twilio's recorded answer to a create-call request.
-        self._answer(201, {
+        self._json(201, {
             "account_sid": ACCOUNT_SID, "annotation": None, "answered_by": None, "api_version": "2010-04-01",
             "caller_name": None, "date_created": None, "date_updated": None, "direction": "outbound-api",
             "duration": None, "end_time": None, "forwarded_from": None, "from": form.get("From"),
@@ -400,25 +390,8 @@ def test_staff_view_is_audited_and_the_migration_matches_the_models(world: World
         jobs = set(s.scalars(select(Job.name)))
         assert {"alert.integration", "alert.call", "alert.sla", "alert.check"} <= jobs
     with world.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        diffs = [d for d in compare_metadata(ctx, Base.metadata) if CARE_TABLES & _tables(d)]
-        assert diffs == []
+        assert schema_drift(conn, CARE_TABLES) == []
         assert CARE_TABLES <= set(conn.dialect.get_table_names(conn))
-
-
-def _tables(diff: object) -> set[str]:
-    found: set[str] = set()
-    stack = [diff]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, tuple | list):
-            stack.extend(item)
-            continue
-        table = getattr(item, "table", None)
-        name = getattr(table, "name", None) or getattr(item, "name", None)
-        if isinstance(name, str):
-            found.add(name)
-    return found
 
 
 def test_a_worker_with_two_open_alerts_picks_one_by_its_number(world: World) -> None:

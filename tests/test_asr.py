@@ -21,16 +21,10 @@ import pytest
 from assistant.config import load_settings
 from assistant.types import Reply
 from assistant.voice.audio import Audio, load_for_asr, read_wav
+from assistant.voice.engines import shared_recognizer, unavailable_reason
 from assistant.voice.evaluate import cer
 from assistant.voice.pipeline import RECOVERY_PROMPTS, VoiceErrorCode, VoiceTurnRequest, run_voice_turn
-from assistant.voice.recognizer import (
-    DecodePool,
-    Expectation,
-    Transcript,
-    VoiceConfig,
-    shared_recognizer,
-    unavailable_reason,
-)
+from assistant.voice.recognizer import DecodePool, Expectation, Transcript, VoiceConfig
 from assistant.voice.tts import TwilioSay
 from assistant.voice.whisper_asr import (
     DEFAULT_MODEL_BYTES,

@@ -75,9 +75,7 @@ def _run(coroutine):
 
 
 def test_speech_frames_are_20ms_mulaw(runtime):
-    from runtime.voice_services import voice_services
-
-    path = voice_services(runtime).speech_file("您好")
+    path = runtime.voice.speech_file("您好")
     frames = speech_frames(path.read_bytes())
     assert frames and all(len(f) == FRAME_BYTES for f in frames[:-1])
 

@@ -28,11 +28,11 @@ from assistant import logcontext
 from assistant.config import load_settings
 from assistant.voice.audio import Audio
 from assistant.voice.recognizer import DecodePool, Transcript
+from backend import observability as obs
 from backend.alerts.store import Alert, AlertEvent, CareHousehold
 from backend.jobs import DbJobQueue
 from backend.outbox import Outbox
 from channels.app import create_app
-from runtime import observability as obs
 from runtime.container import build_runtime, make_cipher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,7 +248,7 @@ def test_the_core_imports_no_web_framework_and_no_metrics_library():
 # --- multiprocess mode -------------------------------------------------------------------------------
 _WRITER = """
 import os
-from runtime import observability as obs
+from backend import observability as obs
 obs.observe_request("rest", 200, 0.05)
 obs.observe_request("rest", 503, 0.5)
 obs.metrics().in_flight.inc()  # still "in flight" when the process ends: only child_exit clears it
@@ -291,7 +291,7 @@ def test_gunicorn_workers_share_one_exposition_and_log_json(tmp_path, model_dir,
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:runtime.observability", "-w", "2",
+            [sys.executable, "-m", "gunicorn", "-c", "python:backend.observability", "-w", "2",
              "-b", f"127.0.0.1:{port}", "runtime.wsgi:app"],
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:

@@ -20,9 +20,9 @@ from backend.crypto import FieldCipher, KeyRing
 from backend.jobs import DbJobQueue, JobAdmin, PermanentJobError, Worker
 from backend.models import Job, SmsOutbox
 from backend.outbox import Outbox
+from channels.twilio_signature import TwilioConfig
 from channels.twilio_sms import TwilioSmsSender
 from core_fixtures import FakeClock
-from runtime.ticket_loop import TwilioConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,9 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from conftest import sqlite_files_in_one_folder
+from conftest import schema_drift, sqlite_files_in_one_folder
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -432,36 +430,15 @@ def test_outbox_notifier_queues_in_the_same_transaction(world: World) -> None:
 
 # --- schema ------------------------------------------------------------------------------------
 def test_migration_creates_the_proxy_tables_as_modelled(db_url: str) -> None:
-    from backend.models import Base
 
     upgrade(db_url, "heads")
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diffs = [d for d in compare_metadata(ctx, Base.metadata) if PROXY_TABLES & _tables_in(d)]
-            assert diffs == []
+            assert schema_drift(conn, PROXY_TABLES) == []
             assert PROXY_TABLES <= set(conn.dialect.get_table_names(conn))
     finally:
         engine.dispose()
-
-
-def _tables_in(diff: object) -> set[str]:
-    """Table names mentioned anywhere in one compare_metadata diff entry."""
-    found: set[str] = set()
-    stack = [diff]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, tuple | list):
-            stack.extend(item)
-        elif isinstance(item, str) and item in PROXY_TABLES:
-            found.add(item)
-        else:
-            table = getattr(item, "table", None)
-            name = getattr(table, "name", None) or getattr(item, "name", None)
-            if isinstance(name, str) and name in PROXY_TABLES:
-                found.add(name)
-    return found
 
 
 # --- must stay last: everything above wrote its SQLite files into scan_dir ----------------------

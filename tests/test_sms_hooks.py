@@ -6,7 +6,6 @@ from datetime import datetime
 from pathlib import Path
 
 from backend.alerts.households import load_households
-from runtime.cli_alerts import alert_desk_for
 
 CHILD, PARENT = "+8613900005555", "+8613700006666"
 GRID_WORKER = "+8613800000001"
@@ -29,7 +28,7 @@ def test_parent_consents_by_sms_to_a_childs_proxy_request(sms):
 
 
 def test_grid_worker_acknowledges_a_care_alert_by_sms(sms, clock):
-    desk = alert_desk_for(sms.runtime)
+    desk = sms.runtime.alerts
     desk.register_households(load_households(HOUSEHOLDS))
     clock.now = datetime(2026, 11, 25, 9, 30, tzinfo=clock.now.tzinfo)
     result = desk.ingest("token-H002-gateway", [  # the household gateway reports for every device

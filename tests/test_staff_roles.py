@@ -18,7 +18,6 @@ from backend.proxy import ProxyGrant
 from backend.staff import StaffSession, StaffUser
 from channels.app import create_app
 from channels.console import make_blueprint
-from runtime.cli_staff import staff_services_for
 from runtime.container import build_runtime
 
 
@@ -65,7 +64,7 @@ def any_db_world(db_url, settings_env, nlu, clock):
 
 def test_query_layer_keeps_every_role_in_its_scope(any_db_world):
     world = any_db_world
-    queries = staff_services_for(world.runtime).queries
+    queries = world.runtime.staff.queries
     a, b = world.residents["G01"], world.residents["G02"]
     grida, gridb, socia, water, agent, admin = (staff(world, u) for u in
                                                 ("grida", "gridb", "socia", "water", "agent", "admin"))
@@ -105,7 +104,7 @@ def test_query_layer_keeps_every_role_in_its_scope(any_db_world):
 
 
 def test_social_workers_may_see_all_grids_when_configured(world):
-    queries = staff_services_for(world.runtime).queries
+    queries = world.runtime.staff.queries
     socia = staff(world, "socia")
     queries.policy = replace(queries.policy, social_workers_see_all=True)
     assert {r.id for r in queries.residents(socia)} == set(world.residents.values())
@@ -330,7 +329,7 @@ def test_cli_adds_a_user_with_the_password_from_stdin(runtime, settings_env, mon
     assert '"grids": ["G03"]' in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert cli_staff.main(["add", "other", "--role", "admin"]) == 2
-    result = staff_services_for(runtime).directory.authenticate("wang.li", "a-long-password-1", "127.0.0.1")
+    result = runtime.staff.directory.authenticate("wang.li", "a-long-password-1", "127.0.0.1")
     assert result.outcome == "ok" and result.staff.grids == ("G03",)
     assert re.fullmatch(r"[\w-]{40,}", result.session_token)
 

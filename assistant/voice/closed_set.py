@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from assistant.nlu.features import fuzzy_syllable
 from assistant.voice.postprocess import spoken_form
+from assistant.voice.recognizer import Choice
 
 _NEGATIONS = "不没别"
 
@@ -84,10 +85,8 @@ def similarity(hyp_text: str, phrase: str) -> float:
     return max(_edit_similarity(hyp, cand), _contained(hyp, cand, phrase))
 
 
-def choose(hypotheses: Sequence[Hypothesis], phrases: Sequence[str], temperature: float = 1.0) -> list:
+def choose(hypotheses: Sequence[Hypothesis], phrases: Sequence[str], temperature: float = 1.0) -> list[Choice]:
     """Candidates ranked best first, as recognizer.Choice objects (phrase, confidence)."""
-    from assistant.voice.recognizer import Choice
-
     ranked = rank(hypotheses, phrases, temperature)
     return [Choice(c.phrase, c.confidence) for c in ranked]
 

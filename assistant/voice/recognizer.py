@@ -1,22 +1,20 @@
-"""The recogniser interface every channel uses, and the factory that picks one from config.yml.
+"""The recogniser interface every channel uses: what a step expects, what comes back, the
+`voice:` settings, and `DecodePool`, which runs decoding off the request thread with a deadline.
 
-    rec = shared_recognizer(settings)            # None → no local ASR: use keys / Twilio <Gather>
     t = rec.transcribe(load_for_asr(wav), Expectation(phrases=("是", "不是"), closed=True))
     t.text, t.core_text, t.confidence, t.choice
 
 Implementations: whisper_asr.WhisperRecognizer (default), vosk_asr.VoskRecognizer,
-remote_asr.RemoteRecognizer. `DecodePool` runs decoding off the request thread with a deadline.
+remote_asr.RemoteRecognizer; engines.py picks one from config.yml.
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from assistant.voice.audio import Audio
@@ -128,65 +126,6 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))  # honours taskset / cgroup cpusets
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def default_cache_dir(env: Mapping[str, str], model_dir: Path | None = None) -> Path:
-    """Where the assembled Whisper model lives: MODEL_DIR/asr (next to the cached NLU models)."""
-    base = Path(env.get("MODEL_DIR") or model_dir or Path(__file__).resolve().parents[2] / "models")
-    return base / "asr"
-
-
-def build_recognizer(config: VoiceConfig, env: Mapping[str, str] | None = None,
-                     model_dir: Path | None = None) -> Recognizer:
-    """The configured recogniser, loaded now; RecognizerUnavailable with a plain reason otherwise."""
-    env = os.environ if env is None else env
-    kind = config.recognizer
-    if kind == "none":
-        raise RecognizerUnavailable("voice.recognizer is 'none' in config.yml")
-    if kind == "faster_whisper":
-        from assistant.voice.whisper_asr import WhisperRecognizer
-
-        return WhisperRecognizer.from_env(config, env, default_cache_dir(env, model_dir))
-    if kind == "vosk":
-        from assistant.voice.vosk_asr import VoskRecognizer
-
-        return VoskRecognizer.from_env(config, env)
-    if kind == "remote":
-        from assistant.voice.remote_asr import RemoteRecognizer
-
-        return RemoteRecognizer.from_env(config, env)
-    raise RecognizerUnavailable(f"unknown voice.recognizer {kind!r} (faster_whisper, vosk, remote or none)")
-
-
-_shared: dict[str, Recognizer | None] = {}
-_shared_errors: dict[str, str] = {}
-_shared_lock = threading.Lock()
-
-
-def shared_recognizer(config: VoiceConfig, env: Mapping[str, str] | None = None,
-                      model_dir: Path | None = None) -> Recognizer | None:
-    """One recogniser per process (the model is big): built on first use, then reused.
-
-    Returns None when none can be built; the reason is logged once and kept in `unavailable_reason`.
-    Callers then fall back to keypad, touch and Twilio's own speech recognition.
-    """
-    key = _shared_key(config)
-    with _shared_lock:
-        if key not in _shared:
-            try:
-                _shared[key] = build_recognizer(config, env, model_dir)
-            except RecognizerUnavailable as exc:
-                _shared[key], _shared_errors[key] = None, str(exc)
-                log.warning("speech recognition unavailable: %s — using keys and Twilio's recogniser", exc)
-        return _shared[key]
-
-
-def unavailable_reason(config: VoiceConfig) -> str | None:
-    return _shared_errors.get(_shared_key(config))
-
-
-def _shared_key(config: VoiceConfig) -> str:
-    return f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}:{config.decode_workers}"
 
 
 # Observers of every finished decode (the runtime's ASR real-time-factor histogram). A registry

@@ -342,7 +342,7 @@ def scrape_registry(*collectors: Collector, multiproc_dir: str | None = None) ->
     return registry
 
 
-# --- gunicorn hooks (`gunicorn -c python:runtime.observability …`) --------------------------------
+# --- gunicorn hooks (`gunicorn -c python:backend.observability …`) --------------------------------
 def on_starting(server: Any) -> None:
     """Master start: drop the previous run's metric files (they would be summed into this run's)."""
     directory = multiprocess_dir()
