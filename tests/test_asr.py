@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -21,20 +22,25 @@ import pytest
 from assistant.config import load_settings
 from assistant.types import Reply
 from assistant.voice.audio import Audio, load_for_asr, read_wav
+from assistant.voice.closed_set import Hypothesis
 from assistant.voice.engines import shared_recognizer, unavailable_reason
 from assistant.voice.evaluate import cer
 from assistant.voice.pipeline import RECOVERY_PROMPTS, VoiceErrorCode, VoiceTurnRequest, run_voice_turn
+from assistant.voice.postprocess import spoken_form
 from assistant.voice.recognizer import DecodePool, Expectation, Transcript, VoiceConfig
 from assistant.voice.tts import TwilioSay
 from assistant.voice.whisper_asr import (
     DEFAULT_MODEL_BYTES,
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_SHA256,
+    RUNAWAY,
     ModelError,
     WhisperRecognizer,
     assemble_default_model,
     check_default_model,
+    looks_broken,
     resolve_model_dir,
+    tame,
 )
 from runtime import cli_voice
 
@@ -122,6 +128,33 @@ def test_closed_set_choice_among_expected_phrases(whisper):
 def test_an_answer_outside_the_set_gets_low_confidence(whisper):
     t = whisper.transcribe(clip("aishell1sample_BAC009S0150W0008.wav"), Expectation(("是", "不是", "对", "不对"), True))
     assert t.choice is not None and t.choice.confidence < 0.5, t.ranking
+
+
+def test_speech_the_model_cannot_follow_is_not_taken_as_understood(whisper):
+    # Shanghainese: Whisper base loops ("…要是祝祝祝祝祝…", confidence 0.53 before the runaway check).
+    t = whisper.transcribe(read_wav(AUDIO / "dialect" / "wenetspeechwu_A0002_S0003_0_G0003_G0004_33.wav"))
+    assert not RUNAWAY.search(t.text), t.text
+    assert not t.no_speech and t.confidence < VoiceConfig().min_confidence, (t.text, t.confidence)
+
+
+def test_a_looping_hypothesis_is_retried_then_cut_and_marked_unsure():
+    loop = Hypothesis("最重要的很快要是" + "祝" * 21, -0.57, 30)
+    assert looks_broken(loop) and not looks_broken(Hypothesis("对对对对，是我本人", -0.3, 9))
+    assert looks_broken(Hypothesis("帮我帮我帮我帮我帮我", -0.3, 10))
+    tamed = tame(loop)
+    assert tamed.text == "最重要的很快要是祝" and math.exp(tamed.logprob_per_token) <= 0.3
+    sound = Hypothesis("设定二十九度", -0.2, 6)
+    assert tame(sound) is sound
+
+
+def test_the_sampling_fallback_runs_on_the_installed_decoder(whisper):
+    # Rarely reached on real calls, so exercised here: best of 5 samples, likeliest first.
+    samples = clip("aishell1_BAC009S0002W0123.wav").to_16k().samples
+    hyps, _ = whisper._generate(samples, Expectation(), 3000, temperature=0.4)
+    assert len(hyps) == 5
+    assert [h.logprob_per_token for h in hyps if not looks_broken(h)] == sorted(
+        (h.logprob_per_token for h in hyps if not looks_broken(h)), reverse=True)
+    assert cer("也成为地方政府的眼中钉", spoken_form(hyps[0].text)) <= 0.3, hyps[0].text
 
 
 def test_silence_is_no_speech_without_decoding(whisper):

