@@ -147,6 +147,29 @@ def test_a_looping_hypothesis_is_retried_then_cut_and_marked_unsure():
     assert tame(sound) is sound
 
 
+def test_only_a_loop_is_sampled_and_the_best_attempt_is_kept(whisper, monkeypatch):
+    # The decoder's answers scripted (this is about the retry plan, not recognition).
+    loop = Hypothesis("要是" + "祝" * 12, -0.5, 14)
+    scripts = {
+        "unsure": {(1000, 0.0): Hypothesis("嗯啊", -1.5, 2), (3000, 0.0): Hypothesis("嗯", -1.4, 1)},
+        "loop": {(1000, 0.0): loop, (3000, 0.0): loop, (3000, 0.4): Hypothesis("最后", -1.3, 2)},
+    }
+    samples = np.zeros(16000 * 3, dtype=np.float32)
+    for name, script in scripts.items():
+        calls: list[tuple[int, float]] = []
+
+        def generate(samples, expect, frames, temperature=0.0, script=script, calls=calls):
+            calls.append((frames, temperature))
+            return [script[(frames, temperature)]], 0.1
+
+        monkeypatch.setattr(whisper, "_generate", generate)
+        hyps, _ = whisper._decode(samples, Expectation())
+        if name == "unsure":  # full-window retry only; the likelier of the two
+            assert calls == [(1000, 0.0), (3000, 0.0)] and hyps[0].text == "嗯"
+        else:  # sampled until it stops looping (no 0.8); an unsure answer beats a confident loop
+            assert calls == list(script) and hyps[0].text == "最后"
+
+
 def test_the_sampling_fallback_runs_on_the_installed_decoder(whisper):
     # Rarely reached on real calls, so exercised here: best of 5 samples, likeliest first.
     samples = clip("aishell1_BAC009S0002W0123.wav").to_16k().samples

@@ -279,15 +279,18 @@ class WhisperRecognizer:
         if seconds > SHORT_PATH_MAX_SECONDS:
             return self._decode_long(samples, expect), 0.0
         window = self._window(seconds)
-        hyps, no_speech = self._generate(samples, expect, window)
-        # Whisper's own remedies for a looping or garbled answer, in turn: the full 30 s window it
-        # was trained on (a cut window can loop), then sampling at rising temperatures.
-        retries = ((3000, 0.0),) if window < 3000 else ()
-        for frames, temperature in (*retries, *((3000, t) for t in FALLBACK_TEMPERATURES)):
-            if not hyps or not looks_broken(hyps[0]):
+        attempts = [self._generate(samples, expect, window)]
+        # Whisper's own remedies, in turn: the full 30 s window it was trained on (a cut window can
+        # loop or garble), then, for a loop only, sampling at rising temperatures. A merely unsure
+        # answer is not sampled: it goes to the re-ask path anyway, and each sample costs a decode.
+        plan = ((3000, 0.0),) if window < 3000 else ()
+        for frames, temperature in (*plan, *((3000, t) for t in FALLBACK_TEMPERATURES)):
+            hyps = attempts[-1][0]
+            if not hyps or not looks_broken(hyps[0]) or (temperature > 0 and not loops(hyps[0])):
                 break
-            hyps, no_speech = self._generate(samples, expect, frames, temperature)
-        return hyps, no_speech
+            attempts.append(self._generate(samples, expect, frames, temperature))
+        # As faster-whisper does when every attempt fails: keep the likeliest, not the last.
+        return min(attempts, key=lambda attempt: _rank(attempt[0][0]) if attempt[0] else (True, True, np.inf))
 
     def _window(self, seconds: float) -> int:
         opts = self.options
@@ -316,14 +319,15 @@ class WhisperRecognizer:
         with self._slots:
             encoded = self.model.model.encode(view, to_cpu=False)
             result = self.model.model.generate(
-                encoded, [prompt], **search, return_scores=True, return_no_speech_prob=True, max_length=max_tokens, suppress_blank=True, suppress_tokens=self._suppress,
+                encoded, [prompt], **search, return_scores=True, return_no_speech_prob=True, max_length=max_tokens,
+                suppress_blank=True, suppress_tokens=self._suppress,
             )[0]
         hyps = []
         for ids, score in zip(result.sequences_ids, result.scores, strict=True):
             tokens = [t for t in ids if t < self.tokenizer.eot]
             hyps.append(Hypothesis(self.tokenizer.decode(tokens).strip(), float(score), max(1, len(tokens))))
         if temperature > 0:  # samples come unordered: the likeliest that does not loop first
-            hyps.sort(key=lambda h: (looks_broken(h), -h.logprob_per_token))
+            hyps.sort(key=_rank)
         return hyps, float(result.no_speech_prob)
 
     def _decode_long(self, samples: np.ndarray, expect: Expectation) -> list[Hypothesis]:
@@ -343,10 +347,20 @@ class WhisperRecognizer:
         return [Hypothesis("".join(s.text for s in parts), logprob, tokens)]
 
 
-def looks_broken(hyp: Hypothesis) -> bool:
+def loops(hyp: Hypothesis) -> bool:
+    """The decoder went round in circles: the text compresses too well, or a unit runs away."""
     data = hyp.text.encode("utf-8")
     repetitive = len(data) > 24 and len(data) / len(zlib.compress(data)) > 2.4
-    return repetitive or bool(RUNAWAY.search(hyp.text)) or hyp.logprob_per_token < BROKEN_LOGPROB
+    return repetitive or bool(RUNAWAY.search(hyp.text))
+
+
+def looks_broken(hyp: Hypothesis) -> bool:
+    return loops(hyp) or hyp.logprob_per_token < BROKEN_LOGPROB
+
+
+def _rank(hyp: Hypothesis) -> tuple[bool, bool, float]:
+    """Sort key, best first: no loop (a loop is often confident), then sure enough, then likeliest."""
+    return loops(hyp), hyp.logprob_per_token < BROKEN_LOGPROB, -hyp.logprob_per_token
 
 
 def tame(hyp: Hypothesis) -> Hypothesis:
