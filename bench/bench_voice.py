@@ -1,6 +1,7 @@
-"""Speech benchmarks: CER/RTF ablation, closed-set choice accuracy, voice-turn latency, TTS.
+"""Speech benchmarks: CER/RTF ablation, closed-set choice accuracy, voice-turn latency.
+(Text-to-speech: bench/bench_tts.py.)
 
-    python bench/bench_voice.py [--dir /work/shared/speech_dev/mandarin] [--parts cer,closed,latency,tts]
+    python bench/bench_voice.py [--dir /work/shared/speech_dev/mandarin] [--parts cer,closed,latency]
 
 Audio: a folder of WAV + transcripts.tsv (as for `asr-eval`). The 8 kHz figures pass each file
 through an 8 kHz G.711 μ-law phone line (assistant.voice.evaluate.as_telephone). Prints one JSON
@@ -164,8 +165,9 @@ def bench_latency(data, turns: int) -> None:
                 audio = clips[i % len(clips)]
                 audio = as_telephone(audio) if telephone else audio
                 if cache == "cold":
-                    shutil.rmtree(tts.cache_dir, ignore_errors=True)
-                    tts.cache_dir.mkdir(parents=True)
+                    shutil.rmtree(tts.mandarin.cache_dir, ignore_errors=True)
+                    tts.mandarin.phrase_dir.mkdir(parents=True)
+                    tts.mandarin._memory.clear()  # cold: nothing said before
 
                 def respond(text: str, i: int = i):
                     replies = runtime.assistant.handle(UserMessage(sender_id=f"v{i}", text=text, channel="voice"))
@@ -181,38 +183,10 @@ def bench_latency(data, turns: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_tts(rate: int) -> None:
-    from assistant.voice.tts import EspeakNg, Pyttsx3Espeak
-
-    for engine in (EspeakNg, Pyttsx3Espeak):
-        bench_tts_engine(engine, rate)
-
-
-def bench_tts_engine(engine, rate: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-tts-"))
-    tts = engine(tmp, chars_per_minute=rate)
-    prompts = ["您好，这里是社区服务热线。请问您要办理什么业务？", "请告诉我身份证号码，一位一位地说。",
-               "已提交。受理编号31852047，请记下来。", "我核对一下：办老年证，电话13700002222。对吗？请说对或者不对。"]
-    synth, hits, chars, seconds = [], [], 0, 0.0
-    for text in prompts:
-        t0 = time.perf_counter()
-        speech = tts.speak(text)
-        synth.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        assert tts.speak(text).cached
-        hits.append((time.perf_counter() - t0) * 1000)
-        chars += sum(1 for ch in speech.text if "\u4e00" <= ch <= "\u9fff")
-        seconds += speech.seconds
-    emit(bench="tts", engine=f"{tts.name} (espeak-ng cmn)", configured_chars_per_minute=rate, espeak_rate=tts.rate,
-         measured_chars_per_minute=round(chars / seconds * 60), synth_ms_mean=round(statistics.mean(synth), 1),
-         synth_ms_max=round(max(synth), 1), cache_hit_ms_mean=round(statistics.mean(hits), 2), prompts=len(prompts))
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default="/work/shared/speech_dev/mandarin")
-    parser.add_argument("--parts", default="cer,closed,latency,tts")
+    parser.add_argument("--parts", default="cer,closed,latency")
     parser.add_argument("--turns", type=int, default=20)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -229,8 +203,6 @@ def main() -> None:
             bench_closed(base, data)
     if "latency" in parts:
         bench_latency(data, args.turns)
-    if "tts" in parts:
-        bench_tts(config.tts_rate)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ GET  /kiosk                         the page (big type, big buttons, hold-to-tal
 POST /kiosk/api/turn    {"session", "text"}        → {"replies": [...], "expects", "handoff", …}
 POST /kiosk/api/speech?session=…   body: WAV       → the same, plus "heard" (what was recognised)
 POST /kiosk/api/reset   {"session"}                → the conversation is forgotten (shared device)
-GET  /kiosk/api/tts/<name>.wav                     spoken replies, when a TTS engine is configured
+GET  /kiosk/api/tts/<name>.wav                     spoken replies, when a local voice is configured
 
-The page records 16 kHz mono WAV itself, so the server never needs a browser codec.
+The page records 16 kHz mono WAV itself, so the server never needs a browser codec. A reply is
+spoken sentence by sentence (`audio_urls`): the answer does not wait for Kokoro; the sentences not
+cached yet are made in the background, in order, and the GET for each waits for its file.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ PAGE_DIR = Path(__file__).resolve().parent.parent / "kiosk"
 SESSION = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_TEXT = 500
 MAX_AUDIO_BYTES = 4 * 1024 * 1024  # ~2 minutes of 16 kHz PCM: longer is not one utterance
+TTS_URL = "/kiosk/api/tts/"
+TTS_WAIT_SECONDS = 10.0  # a sentence takes Kokoro a few seconds; far longer means it is stuck
 
 
 def _error(code: str, detail: str, status: int = 400):
@@ -44,7 +48,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     def render(replies: list[Reply], heard: str | None = None) -> dict[str, Any]:
         last = replies[-1]
-        spoken = "".join(r.speech or r.text for r in replies)
+        urls = spoken_urls("".join(r.speech or r.text for r in replies))
         return {
             "replies": [{"text": r.text, "buttons": [{"title": b.title, "payload": b.payload} for b in r.buttons]}
                         for r in replies],
@@ -53,15 +57,23 @@ def make_blueprint(runtime: Any) -> Blueprint:
             "urgent": any(r.urgent for r in replies),
             "end_session": last.end_session,
             "heard": heard,
-            "audio_url": spoken_url(spoken),
+            "audio_urls": urls,
+            "audio_url": urls[0] if urls else None,  # the first sentence: pages before audio_urls
         }
 
-    def spoken_url(text: str) -> str | None:
+    def spoken_urls(text: str) -> list[str]:
+        """One URL per sentence (a long one cut between clauses), named before the audio exists:
+        the text is shown at once and the page speaks as soon as the first is made."""
+        names: list[str] = []
         try:
-            return runtime.voice.tts_url(text, "/kiosk/api/tts/")
+            for piece in runtime.voice.pieces(text):  # sentences; a long one cut between clauses
+                name = runtime.voice.prepare(piece)
+                if name is None:
+                    break  # no local voice: the text on screen is the reply
+                names.append(name)
         except Exception:  # the text is on screen anyway; a silent reply beats a failed one
-            log.warning("kiosk TTS failed; replying with text only", exc_info=True)
-            return None
+            log.warning("kiosk TTS failed; replying with what could be said", exc_info=True)
+        return [f"{TTS_URL}{name}" for name in names]
 
     def turn(session: str, text: str, heard: str | None = None):
         replies = assistant.handle(UserMessage(sender_id=session, text=text, channel=CHANNEL))
@@ -134,10 +146,10 @@ def make_blueprint(runtime: Any) -> Blueprint:
         assistant.reset(CHANNEL, session)
         return jsonify({"ok": True})
 
-    @bp.get("/kiosk/api/tts/<name>")
+    @bp.get(f"{TTS_URL}<name>")
     def tts(name: str):
-        voice = runtime.voice
-        path = voice.tts_file(name)
+        # Only a sentence being made is waited for; any other name is 404 at once.
+        path = runtime.voice.await_file(name, TTS_WAIT_SECONDS)
         if path is None:
             return _error("not_found", "no such audio", 404)
         return send_from_directory(path.parent, path.name, mimetype="audio/wav")

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from assistant.ivr import CallInput, IvrFlow, IvrNavigator, IvrOutcome
+from assistant.ports import StoreUnavailable
 from assistant.types import Reply, UserMessage
 
 CHANNEL = "voice"
+LANGUAGES = ("zh", "yue")  # Mandarin (default), Cantonese
 Next = Literal["listen", "person", "end"]
 
 
@@ -31,6 +33,15 @@ class PhoneCall:
         self.flow = flow
         self.nav = IvrNavigator(flow)
         self.calls = runtime.calls
+
+    def language(self, call_sid: str) -> str:
+        """The language the call is spoken in, as the conversation last left it ("zh" until then)."""
+        try:
+            state = self.runtime.sessions.load(self.runtime.assistant.session_key(CHANNEL, call_sid)) or {}
+        except StoreUnavailable:
+            return "zh"  # the prompt still gets said, in the default voice
+        language = state.get("language")
+        return language if language in LANGUAGES else "zh"
 
     def greet(self, call_sid: str, caller: str | None) -> CallStep:
         self.calls.start(call_sid, caller)

@@ -8,7 +8,9 @@ Twilio opens `wss://…/media-stream` after <Connect><Stream> and sends JSON eve
 The call logic is the same as for <Gather> (channels/phone_call.py). When the call must reach a
 person or end, we leave that in the session store and close the socket; Twilio then follows the
 <Redirect> after <Connect> to /webhooks/twilio/voice/after-stream, which dials or hangs up.
-Recognition runs on the decode pool's thread, never on the event loop.
+Recognition runs on the decode pool's thread, never on the event loop. A prompt is said phrase
+by phrase as the voice makes it (the first words go out while the rest is synthesised), by its
+own task, so a caller who talks over it stops the rest at once.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,7 @@ import numpy as np
 from assistant.ivr import CallInput, IvrFlow
 from assistant.voice.audio import TELEPHONE_RATE, load_for_asr, mulaw_encode, resample
 from assistant.voice.phrases import answer_expectation, heard_answer
+from assistant.voice.tts import SpeechChunk
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
@@ -33,15 +37,35 @@ from channels.phone_call import CallStep, PhoneCall
 log = logging.getLogger(__name__)
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
+MULAW_SILENCE = b"\xff"
 PATH = "/media-stream"
+
+
+class MulawFramer:
+    """Speech as it is synthesised (float chunks at the voice's rate) → exact 20 ms μ-law frames.
+    What does not fill a frame waits for the next chunk; only the very last frame is padded."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, samples: np.ndarray, rate: int) -> list[bytes]:
+        if rate != TELEPHONE_RATE:
+            samples = resample(samples, rate, TELEPHONE_RATE)
+        data = self._rest + mulaw_encode(np.clip(samples, -1.0, 1.0))
+        whole = len(data) - len(data) % FRAME_BYTES
+        self._rest = data[whole:]
+        return [data[i : i + FRAME_BYTES] for i in range(0, whole, FRAME_BYTES)]
+
+    def flush(self) -> list[bytes]:
+        rest, self._rest = self._rest, b""
+        return [rest.ljust(FRAME_BYTES, MULAW_SILENCE)] if rest else []
 
 
 def speech_frames(wav: bytes) -> list[bytes]:
     """TTS output (any rate WAV) → 20 ms μ-law frames for the phone line."""
     audio = load_for_asr(wav)
-    samples = resample(audio.samples, audio.rate, TELEPHONE_RATE) if audio.rate != TELEPHONE_RATE else audio.samples
-    data = mulaw_encode(np.clip(samples, -1.0, 1.0))
-    return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
+    framer = MulawFramer()
+    return framer.feed(audio.samples, audio.rate) + framer.flush()
 
 
 @dataclass
@@ -59,6 +83,8 @@ class StreamCall:
     keyed: str = ""
     marks: int = 0
     closing: bool = False
+    hangup: Any = None  # async callable: close the socket (a prompt that cannot be said)
+    speaking: asyncio.Task[None] | None = None
     detector: EndpointDetector = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,26 +101,60 @@ class StreamCall:
 
     async def act(self, step: CallStep) -> None:
         self.step = step
-        await self.speak(step.say)
         if step.next != "listen":
             self.phone.runtime.sessions.save(f"stream:{self.call_sid}",
                                              {"next": step.next, "reference": step.reference}, 600)
             self.closing = True  # close once the last words have been played (mark echoed)
-            if not self.playing:
+            if not "".join(step.say):
                 raise ConnectionAbortedError
         self.detector.reset()
+        await self.speak(step.say)
 
     async def speak(self, sentences: tuple[str, ...]) -> None:
+        """Start saying a prompt. It is spoken by its own task, so the socket keeps being read
+        while later phrases are still being synthesised: the caller can talk over it."""
         text = "".join(sentences)
         if not text:
             return
-        path = await asyncio.to_thread(self.services.speech_file, text)
-        for frame in speech_frames(path.read_bytes()):
-            payload = base64.b64encode(frame).decode("ascii")
-            await self.send({"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}})
         self.marks += 1
         self.playing = True
-        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": f"prompt-{self.marks}"}})
+        self.speaking = asyncio.create_task(self._say(text, self.marks))
+
+    def _current(self, prompt: int) -> bool:
+        """Still the prompt to say: not talked over (barge-in), not replaced by a newer one."""
+        return self.playing and self.marks == prompt
+
+    async def _say(self, text: str, prompt: int) -> None:
+        """Each phrase's frames go out as soon as it is ready, then one mark after the last."""
+        try:
+            chunks = await asyncio.to_thread(self._chunks, text)  # reads the store: off the loop
+            framer = MulawFramer()
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                if not await self._send_frames(framer.feed(chunk.samples, chunk.rate), prompt):
+                    return  # the rest of this prompt is not wanted any more
+            if await self._send_frames(framer.flush(), prompt):
+                await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": f"prompt-{prompt}"}})
+        except Exception as exc:
+            if not _closed(exc):
+                log.exception("stream %s could not speak", self.call_sid)
+                self.phone.runtime.sessions.save(f"stream:{self.call_sid}", {"next": "person"}, 600)
+                if self.hangup is not None:
+                    await self.hangup()  # Twilio follows <Redirect> to after-stream: a person
+
+    def _chunks(self, text: str) -> Iterator[SpeechChunk]:
+        return self.services.stream(text, self.phone.language(self.call_sid))
+
+    async def _send_frames(self, frames: list[bytes], prompt: int) -> bool:
+        for frame in frames:
+            if not self._current(prompt):
+                return False
+            payload = base64.b64encode(frame).decode("ascii")
+            await self.send({"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}})
+        return self._current(prompt)
+
+    def stop(self) -> None:
+        if self.speaking is not None:
+            self.speaking.cancel()
 
     async def media(self, event: dict[str, Any]) -> None:
         media = event.get("media") or {}
@@ -152,6 +212,13 @@ class StreamCall:
             self.detector.restart_no_input_clock()
 
 
+def _closed(error: Exception) -> bool:
+    """The caller hung up while we were speaking: nothing to report."""
+    from websockets.exceptions import ConnectionClosed
+
+    return isinstance(error, ConnectionClosed)
+
+
 class MediaStreamServer:
     """A `websockets` server on its own event loop thread, started by `serve` next to the WSGI app."""
 
@@ -178,7 +245,7 @@ class MediaStreamServer:
         async def send(message: dict[str, Any]) -> None:
             await socket.send(json.dumps(message))
 
-        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send)
+        call = StreamCall(PhoneCall(self.runtime, self.flow), services, send, hangup=socket.close)
         try:
             async for raw in socket:
                 event = json.loads(raw)
@@ -199,6 +266,7 @@ class MediaStreamServer:
             log.exception("media stream %s failed", call.call_sid)
             self.runtime.sessions.save(f"stream:{call.call_sid}", {"next": "person"}, 600)
         finally:
+            call.stop()
             await socket.close()
 
     async def _serve(self) -> None:

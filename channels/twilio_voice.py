@@ -6,6 +6,7 @@ POST /webhooks/twilio/voice/gather          keys (Digits) or speech (SpeechResul
 POST /webhooks/twilio/voice/dial-done       after <Dial>: nobody answered → promise a call back
 POST /webhooks/twilio/voice/whisper         what the agent hears before being connected
 POST /webhooks/twilio/voice/status          call status callback → call record closed
+GET  /voice/tts/<name>.wav                  prompt audio for <Play>; waits while a sentence is made
 
 Stateless: the conversation lives in the session store under the CallSid, what the call waits
 for travels in the action URL, so any worker takes the next webhook. Every answer is valid TwiML:
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request, send_file
@@ -27,6 +28,7 @@ from twilio.twiml.voice_response import Connect, Dial, Gather, VoiceResponse
 from assistant.config import Settings
 from assistant.ivr import CallInput, IvrFlow
 from assistant.privacy import mask_phone
+from assistant.voice.tts import Speech, TwilioSay
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
 from channels.twilio_signature import TwilioConfig, TwilioSignature
@@ -35,35 +37,70 @@ log = logging.getLogger(__name__)
 
 NAME = "twilio_voice"
 BASE = "/webhooks/twilio/voice"
-TTS_PATH = "/voice/tts"  # cached prompt audio; names are content hashes, fetched by Twilio
+TTS_PATH = "/voice/tts"  # prompt audio; names are content hashes, fetched by Twilio
+PROMPT_WAIT_SECONDS = 10.0  # a sentence takes Kokoro a few seconds; far longer means it is stuck
+
+
+class PromptVoice(Protocol):
+    """What the renderer needs from runtime.voice (VoiceServices)."""
+
+    @property
+    def local_voice(self) -> bool: ...
+
+    def pieces(self, text: str) -> list[str]: ...
+
+    def prepare(self, text: str, language: str = "zh") -> str | None: ...
+
+    def carrier_speech(self, text: str, language: str = "zh") -> Speech: ...
 
 
 class TwimlRenderer:
-    """Prompts are our own cached espeak-ng audio (<Play>) or the carrier's voice (<Say>)."""
+    """Prompts are our own voice (<Play>, one per sentence or clause group) or the carrier's (<Say>).
+
+    The webhook answers at once: each sentence's URL names its WAV, and those not cached yet are
+    made in the background while Twilio plays the first ones (the GET waits for its file)."""
 
     def __init__(self, flow: IvrFlow, agent_number: str | None, stream_url: str | None = None,
-                 speech_file: Callable[[str], Any] | None = None) -> None:
+                 voice: PromptVoice | None = None, play: bool = False) -> None:
         self.flow = flow
         self.agent_number = agent_number
         self.stream_url = stream_url
-        self.speech_file = speech_file  # text → cached WAV path, when prompts are played
+        self.voice = voice
+        self.play = play and voice is not None  # PHONE_PROMPTS / say.mode "play"
 
-    def say(self, parent: Any, text: str) -> None:
+    def say(self, parent: Any, text: str, language: str = "zh") -> None:
         if not text:
             return
-        if self.speech_file is not None:
-            try:
-                path = self.speech_file(text)
-            except Exception:  # a broken local voice must not silence the call: fall back to <Say>
-                log.warning("local TTS failed; using <Say>", exc_info=True)
-                path = None
-            if path is not None:
-                parent.play(f"{TTS_PATH}/{path.name}")
-                return
-        say = parent.say("", language=self.flow.say.get("language", "cmn-CN"), voice=self.flow.say.get("voice"))
-        say.prosody(text, rate=self.flow.say.get("rate", "85%"))
+        if not (self.play and self.voice is not None and self._local()):
+            self._carrier_say(parent, text, language)
+            return
+        for piece in self.voice.pieces(text):  # sentences; a long one cut between clauses
+            name = self._prepared(piece, language)
+            if name is not None:
+                parent.play(f"{TTS_PATH}/{name}")
+            else:  # no local voice for it: the call must never go silent
+                self._carrier_say(parent, piece, language)
 
-    def _gather(self, response: VoiceResponse, step: CallStep) -> None:
+    def _local(self) -> bool:
+        try:
+            return bool(self.voice and self.voice.local_voice)
+        except Exception:  # a voice that cannot even load: every prompt through <Say>
+            log.warning("local TTS unavailable; using <Say>", exc_info=True)
+            return False
+
+    def _prepared(self, sentence: str, language: str) -> str | None:
+        try:
+            return self.voice.prepare(sentence, language) if self.voice else None
+        except Exception:
+            log.warning("local TTS failed; using <Say>", exc_info=True)
+            return None
+
+    def _carrier_say(self, parent: Any, text: str, language: str) -> None:
+        speech = self.voice.carrier_speech(text, language) if self.voice else TwilioSay().speak(text, language)
+        say = parent.say("", language=speech.say_language, voice=speech.say_voice)
+        say.prosody(speech.text, rate=self.flow.say.get("rate", "85%"))
+
+    def _gather(self, response: VoiceResponse, step: CallStep, language: str) -> None:
         settings = self.flow.gather
         long_answer = step.expects in self.flow.digit_slots
         query = {"step": step.step, "expects": step.expects, "tries": step.tries}
@@ -78,27 +115,28 @@ class TwimlRenderer:
             **({"finish_on_key": settings.get("digits_finish_key", "#")} if long_answer else {"num_digits": 1}),
         )
         for sentence in step.say:
-            self.say(gather, sentence)
+            self.say(gather, sentence, language)
         response.append(gather)
 
-    def dial(self, response: VoiceResponse, reference: str | None, no_agent: str) -> None:
+    def dial(self, response: VoiceResponse, reference: str | None, no_agent: str, language: str = "zh") -> None:
         if not self.agent_number:
-            self.say(response, no_agent)
+            self.say(response, no_agent, language)
             response.hangup()
             return
         dial = Dial(action=f"{BASE}/dial-done", method="POST", timeout=30)
         dial.number(self.agent_number, url=f"{BASE}/whisper?{urlencode({'ref': reference or ''})}", method="POST")
         response.append(dial)
 
-    def render(self, step: CallStep, no_agent: str) -> VoiceResponse:
+    def render(self, step: CallStep, no_agent: str, language: str = "zh") -> VoiceResponse:
+        """`language`: the call's ("zh" Mandarin, "yue" Cantonese), for the voice that says it."""
         response = VoiceResponse()
         if step.next == "listen":
-            self._gather(response, step)
+            self._gather(response, step, language)
             return response
         for sentence in step.say:
-            self.say(response, sentence)
+            self.say(response, sentence, language)
         if step.next == "person":
-            self.dial(response, step.reference, no_agent)
+            self.dial(response, step.reference, no_agent, language)
         else:
             response.hangup()
         return response
@@ -136,8 +174,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
     stream_url = settings.env.get("MEDIA_STREAM_URL") or None
     use_stream = voice_config.get("phone_recognizer") == "local" and stream_url
     prompts = settings.env.get("PHONE_PROMPTS") or flow.say.get("mode", "play")
-    speech_file = (lambda text: runtime.voice.speech_file(text)) if prompts == "play" else None
-    twiml = TwimlRenderer(flow, settings.env.get("AGENT_NUMBER") or None, stream_url, speech_file)
+    twiml = TwimlRenderer(flow, settings.env.get("AGENT_NUMBER") or None, stream_url, runtime.voice,
+                          play=prompts == "play")
     signature = TwilioSignature(TwilioConfig.from_env(settings.env), NAME)
     bp = Blueprint(NAME, __name__)
     no_agent = phone.nav.message("no_agent")
@@ -162,7 +200,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         return (request.form.get("CallSid") or "").strip()
 
     def render(step: CallStep) -> Response:
-        return _twiml(twiml.render(step, no_agent))
+        return _twiml(twiml.render(step, no_agent, phone.language(call_sid())))
 
     @bp.before_request
     def check_signature() -> Response | None:
@@ -234,7 +272,9 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     @bp.get(f"{TTS_PATH}/<name>")
     def prompt_audio(name: str) -> Response:
-        path = runtime.voice.tts_file(name)
+        # A sentence named by the last webhook may still be being made: wait for it (only names
+        # with a pending file are waited for; anything else is 404 at once).
+        path = runtime.voice.await_file(name, PROMPT_WAIT_SECONDS)
         if path is None:
             return Response("no such audio", status=404, mimetype="text/plain")
         return send_file(path, mimetype="audio/wav", max_age=86400)

@@ -8,7 +8,8 @@ const DIGIT_SLOTS = new Set(["id_number", "phone", "parent_phone", "progress_key
 
 const $ = (id) => document.getElementById(id);
 let session = newSession();
-let lastAudio = null;
+let lastAudio = [];           // the last reply's sentences, for 重听
+let speaking = [];            // sentences still to play
 let idleTimer = null;
 let graceTimer = null;
 
@@ -46,7 +47,8 @@ function show(data) {
   const buttons = (data.replies || []).flatMap((r) => r.buttons || []);
   for (const b of buttons) choices.append(taskButton(b.title, b.payload));
   showKeypad(DIGIT_SLOTS.has(data.expects));
-  if (data.audio_url) play(data.audio_url);
+  const urls = data.audio_urls || (data.audio_url ? [data.audio_url] : []);
+  if (urls.length) play(urls);
   if (data.end_session) setTimeout(clearScreen, 8000);
 }
 
@@ -58,14 +60,31 @@ function taskButton(title, payload) {
   return button;
 }
 
-function play(url) {
-  lastAudio = url;
+// A reply is played sentence by sentence: the server makes the later ones while the first plays.
+function play(urls) {
+  lastAudio = urls;
+  speaking = urls.slice();
+  playNext();
+}
+
+function playNext() {
+  const url = speaking.shift();
+  if (!url) return;
   const audio = $("voice");
   audio.src = url;
   audio.play().catch(() => {}); // autoplay may be blocked until the first touch; text is shown anyway
 }
 
+function stopSpeaking() {
+  speaking = [];
+  const audio = $("voice");
+  audio.pause();
+  audio.removeAttribute("src");
+  audio.load();
+}
+
 async function say(text) {
+  stopSpeaking(); // a new turn: the last reply is not wanted any more
   try {
     show(await post("/kiosk/api/turn", { session, text }));
   } catch (error) {
@@ -103,6 +122,7 @@ function buildKeypad() {
 let recorder = null;
 
 async function startTalking() {
+  stopSpeaking(); // the microphone must not hear the kiosk's own voice
   try {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
     const context = new AudioContext();
@@ -203,7 +223,8 @@ function clearScreen() {
   $("still-there").hidden = true;
   post("/kiosk/api/reset", { session }).catch(() => {});
   session = newSession();
-  lastAudio = null;
+  stopSpeaking();
+  lastAudio = [];
   show({ replies: [{ text: "您好！请按下面的大按钮，或者按住“按住说话”说出您要办的事。" }] });
   touched();
 }
@@ -216,7 +237,9 @@ document.addEventListener("click", (event) => {
 ["pointerdown", "keydown"].forEach((type) => document.addEventListener(type, touched, { passive: true }));
 $("talk").addEventListener("pointerdown", (event) => { event.preventDefault(); startTalking(); });
 ["pointerup", "pointerleave", "pointercancel"].forEach((type) => $("talk").addEventListener(type, stopTalking));
-$("replay").addEventListener("click", () => (lastAudio ? play(lastAudio) : say("/repeat")));
+$("replay").addEventListener("click", () => (lastAudio.length ? play(lastAudio) : say("/repeat")));
+$("voice").addEventListener("ended", playNext);
+$("voice").addEventListener("error", playNext); // a sentence that could not be made: go on with the next
 $("restart").addEventListener("click", clearScreen);
 $("keep").addEventListener("click", keepGoing);
 buildKeypad();

@@ -43,11 +43,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from runtime.ticket_loop import background_worker
 
         background_worker(runtime).start_thread()
-    # Load (on a fresh clone: assemble, with progress in the log) the recogniser now, in the
-    # background, so the first caller does not wait for it; text channels serve meanwhile.
+    # Load (on a fresh clone: assemble, with progress in the log) the recogniser now, and render the
+    # fixed prompts, in the background, so the first caller does not wait; text channels serve meanwhile.
     threading.Thread(target=lambda: runtime.voice.pool, name="asr-warmup", daemon=True).start()
+    _warm_voice_in_background(runtime)
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
     return 0
+
+
+def _warm_voice_in_background(runtime) -> threading.Thread:
+    """Every fixed prompt rendered once (a few minutes on first start with Kokoro, a second later);
+    a progress bar when a person is watching the terminal."""
+    from runtime.cli_voice import warm_prompts
+
+    def warm() -> None:
+        try:
+            voices = runtime.voice.tts
+            if voices.local:
+                warm_prompts(runtime.settings, voices, sys.stderr if sys.stderr.isatty() else None)
+        except Exception:  # prompts are then made on first use: slower, never silent
+            logging.getLogger(__name__).warning("could not render the prompts ahead of time", exc_info=True)
+
+    thread = threading.Thread(target=warm, name="tts-warmup", daemon=True)
+    thread.start()
+    return thread
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
@@ -61,6 +80,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
     bind_runtime(runtime)  # conversation ids in logs match the web workers'; ASR metrics
     if runtime.voice.pool is None:  # load the recogniser before taking calls
         logging.getLogger(__name__).warning("no local recogniser: calls will be handed back to <Gather>")
+    _warm_voice_in_background(runtime)
     server = MediaStreamServer(runtime, args.host or settings.host, args.port)
     logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", server.host, server.port)
     server.run_forever()

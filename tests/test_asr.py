@@ -21,11 +21,17 @@ import pytest
 
 from assistant.config import load_settings
 from assistant.types import Reply
-from assistant.voice.audio import Audio, load_for_asr, read_wav
+from assistant.voice.audio import Audio, load_for_asr, mulaw_decode, mulaw_encode, read_wav
 from assistant.voice.closed_set import Hypothesis
 from assistant.voice.engines import shared_recognizer, unavailable_reason
 from assistant.voice.evaluate import cer
-from assistant.voice.pipeline import RECOVERY_PROMPTS, VoiceErrorCode, VoiceTurnRequest, run_voice_turn
+from assistant.voice.pipeline import (
+    RECOVERY_PROMPTS,
+    VoiceErrorCode,
+    VoiceTurnRequest,
+    check_transcript,
+    run_voice_turn,
+)
 from assistant.voice.postprocess import spoken_form
 from assistant.voice.recognizer import DecodePool, Expectation, Transcript, VoiceConfig
 from assistant.voice.tts import TwilioSay
@@ -34,6 +40,7 @@ from assistant.voice.whisper_asr import (
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_SHA256,
     RUNAWAY,
+    DecodeOptions,
     ModelError,
     WhisperRecognizer,
     assemble_default_model,
@@ -148,7 +155,8 @@ def test_a_looping_hypothesis_is_retried_then_cut_and_marked_unsure():
 
 
 def test_only_a_loop_is_sampled_and_the_best_attempt_is_kept(whisper, monkeypatch):
-    # The decoder's answers scripted (this is about the retry plan, not recognition).
+    # The decoder's answers scripted (this is about the fast decoder's retry plan, not recognition).
+    monkeypatch.setattr(whisper, "options", replace(whisper.options, fast_decoder=True, retries=True))
     loop = Hypothesis("要是" + "祝" * 12, -0.5, 14)
     scripts = {
         "unsure": {(1000, 0.0): Hypothesis("嗯啊", -1.5, 2), (3000, 0.0): Hypothesis("嗯", -1.4, 1)},
@@ -322,12 +330,14 @@ def test_asr_eval_without_transcripts_is_a_clear_error(tmp_path):
 
 
 def test_doctor_reports_recogniser_model_checksum_and_tts(whisper, asr_cache, tmp_path):
-    report = cli_voice.diagnose(_settings(asr_cache, tmp_path))
+    settings = _settings(asr_cache, tmp_path)
+    report = cli_voice.diagnose(settings)
     asr = report["recognizer"]
     assert asr["ok"] and asr["name"] == "faster_whisper"
     assert asr["model_sha256"] == DEFAULT_MODEL_SHA256 and asr["model_path"].endswith(DEFAULT_MODEL_NAME)
     assert asr["decoders"].startswith(f"{VoiceConfig().decode_workers} in parallel × 1 thread")
-    assert report["tts"]["configured"] == "espeak" and "speech_input" in report
+    configured = VoiceConfig.from_config(settings.config).tts_engine  # config.yml's voice.tts.engine
+    assert report["tts"]["configured"] == configured and "speech_input" in report
 
 
 def test_doctor_says_plainly_when_there_is_no_recogniser(asr_cache, tmp_path):
@@ -410,3 +420,113 @@ def test_an_unsure_closed_set_choice_leaves_the_free_text_and_its_confidence():
     sure = replace(base, choice=Choice("是的", 0.8))
     assert heard_answer(sure, 0.5) == ("是的", 0.8)
     assert heard_answer(base, 0.5) == ("是的吧", 0.62)  # an open step has no choice
+
+
+# --- held-out conditions (issue 16): never worse than the plain model, never a confident answer on noise --
+def _pink(seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    n = int(seconds * rate)
+    spectrum = np.fft.rfft(rng.normal(size=n))
+    spectrum[1:] /= np.sqrt(np.fft.rfftfreq(n, 1 / rate)[1:])  # 1/f power
+    spectrum[0] = 0
+    return np.fft.irfft(spectrum, n)
+
+
+def _at_dbfs(samples: np.ndarray, dbfs: float) -> np.ndarray:
+    return (samples * 10 ** (dbfs / 20) / np.sqrt(np.mean(samples**2))).astype(np.float32)
+
+
+def _key_tones(keys: str, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """DTMF key presses (the ITU-T Q.23 frequency pairs) with gaps, as a caller dialling would make."""
+    low = {"1": 697, "2": 697, "3": 697, "4": 770, "5": 770, "6": 770, "7": 852, "8": 852, "9": 852, "0": 941}
+    high = {"1": 1209, "2": 1336, "3": 1477, "4": 1209, "5": 1336, "6": 1477, "7": 1209, "8": 1336, "9": 1477,
+            "0": 1336}
+    parts = [np.zeros(int(0.3 * rate))]
+    for key in keys:
+        t = np.arange(int(rng.uniform(0.09, 0.2) * rate)) / rate
+        parts += [np.sin(2 * np.pi * low[key] * t) + 0.8 * np.sin(2 * np.pi * high[key] * t),
+                  np.zeros(int(rng.uniform(0.07, 0.16) * rate))]
+    return np.concatenate(parts)
+
+
+def _babble(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Four real speakers at once, each from a random point: speech-like, but nobody to answer."""
+    names = ["aishell1_BAC009S0002W0123.wav", "aishell1sample_BAC009S0150W0001.wav",
+             "aishell1sample_BAC009S0150W0002.wav", "aishell1sample_BAC009S0150W0008.wav"]
+    n = int(seconds * 16000)
+    out = np.zeros(n)
+    for name in names:
+        voice = clip(name).to_16k().samples.astype(np.float64)
+        out += np.roll(np.resize(voice / np.sqrt(np.mean(voice**2)), n), int(rng.integers(0, n)))
+    return out
+
+
+def _no_speech_input(kind: str) -> Audio:
+    rng = np.random.default_rng(16)
+    if kind == "pink noise":
+        return Audio(_at_dbfs(_pink(3.0, 16000, rng), -24), 16000)
+    if kind == "white noise":
+        return Audio(_at_dbfs(rng.normal(size=16000 * 3), -30), 16000)
+    if kind == "key tones on a phone line":
+        tones = _key_tones("13800138000", 8000, rng)
+        line = _at_dbfs(tones, -18) + _at_dbfs(_pink(len(tones) / 8000, 8000, rng), -45)
+        return Audio(mulaw_decode(mulaw_encode(line)), 8000, telephone=True)
+    return Audio(_at_dbfs(_babble(3.0, rng), -22), 16000)
+
+
+@pytest.mark.parametrize("kind", ["pink noise", "white noise", "key tones on a phone line", "babble"])
+def test_noise_key_tones_and_babble_alone_are_never_a_confident_answer(whisper, kind):
+    t = whisper.transcribe(_no_speech_input(kind))
+    assert t.no_speech or t.confidence < VoiceConfig().min_confidence, (t.text, t.confidence)
+    _, error = check_transcript(t, VoiceConfig())
+    assert error is not None and error.code in (VoiceErrorCode.NO_SPEECH, VoiceErrorCode.LOW_CONFIDENCE)
+
+
+def test_stock_subtitle_phrases_and_lone_repeats_are_asked_again(whisper, monkeypatch):
+    # Whisper's answers scripted with a high log-prob (as hallucinations often come); the audio is real speech.
+    answer: list[str] = []
+    monkeypatch.setattr(whisper, "_whisper", lambda *args: ([Hypothesis(answer[0], -0.1, 12)], 0.1))
+    audio = clip("aishell1sample_BAC009S0150W0005.wav")
+
+    def heard(text: str) -> Transcript:
+        answer[:] = [text]
+        return whisper.transcribe(audio)
+
+    for stock in ("请不吝点赞 订阅 转发 打赏支持明镜与点点栏目", "字幕由Amara.org社区提供", "谢谢观看"):
+        t = heard(stock)
+        assert t.no_speech and t.text == "" and t.confidence == 0, stock
+    tail = heard("我要订餐。谢谢观看")
+    assert tail.text == "我要订餐" and tail.core_text == "我要订餐" and tail.confidence < 0.45
+    loop = heard("加油加油加油")
+    assert loop.text == "加油加油加油" and loop.confidence < 0.45
+    text, error = check_transcript(loop, VoiceConfig())
+    assert text is None and error.code is VoiceErrorCode.LOW_CONFIDENCE and "再说一遍" in error.prompt
+    for said in ("对对对", "是的是的", "我要订餐"):  # how people answer: kept, and trusted
+        assert heard(said).confidence > 0.8, said
+
+
+def test_where_no_step_fires_the_answer_is_the_plain_models(whisper):
+    audio = clip("aishell1sample_BAC009S0150W0005.wav")
+    trace: set[str] = set()
+    t = whisper.transcribe(audio, trace=trace)
+    segments, _ = whisper.model.transcribe(audio.to_16k().samples, language="zh", beam_size=5)
+    assert trace == set() and t.text == spoken_form("".join(s.text for s in segments)) == "调高温度"
+
+
+def test_the_steps_kept_are_those_that_won_on_held_out_audio():
+    """bench/bench_asr_conditions.py, bench/RESULTS.md "ASR on held-out conditions (issue 16)": each step
+    on by default either won on both halves or changes nothing unless it fires; the others are off."""
+    opts = DecodeOptions()
+    assert opts.vad and opts.tame_loops and opts.hallucination_guard  # they act only when something is wrong
+    assert opts.vad_trim == "telephone"  # won on phone audio (key tones, line noise), lost on wide-band
+    assert not (opts.telephone_level or opts.temperature_fallback or opts.retries or opts.fast_decoder)
+
+
+def test_phone_audio_is_cut_to_the_speech_wide_band_is_not_and_silence_never_reaches_the_decoder(whisper):
+    phone: set[str] = set()
+    t = whisper.transcribe(clip("aishell1_BAC009S0002W0123_8k_ulaw.wav"), trace=phone)
+    assert phone == {"vad_trim"} and 0.1 < t.speech_start < 1.0  # cut, but its level left as it came
+    wide: set[str] = set()
+    t = whisper.transcribe(clip("aishell1_BAC009S0002W0123.wav"), trace=wide)
+    assert wide == set() and 0.2 < t.speech_start < 1.0  # the span is reported, the audio decoded whole
+    quiet: set[str] = set()
+    assert whisper.transcribe(Audio(np.zeros(16000, np.float32), 16000), trace=quiet).no_speech and quiet == {"vad"}

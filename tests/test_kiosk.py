@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import re
+import shutil
+import time
+from dataclasses import replace
 
 import pytest
 from browser import ARTIFACTS, chromium, contrast, serving, wait
@@ -13,7 +16,21 @@ SESSION = "ab" * 12
 
 @pytest.fixture
 def kiosk(runtime):
-    return create_app(runtime).test_client()
+    yield create_app(runtime).test_client()
+    runtime.voice.close()  # replies still queued for synthesis would slow the next test down
+
+
+@pytest.fixture
+def quick_voice(runtime):
+    """espeak-ng (real, and instant) where the test is about the channel, not the voice."""
+    if shutil.which("espeak-ng") is None:
+        from conftest import _unavailable
+
+        _unavailable("espeak-ng not installed")
+    voice = runtime.voice
+    tts = {k: v for k, v in voice.config.tts.items() if k != "voice"}
+    voice.config = replace(voice.config, tts={**tts, "engine": "espeak"})  # before the voices are built
+    return runtime
 
 
 def test_page_is_served_without_caching_and_meets_size_rules(kiosk):
@@ -56,6 +73,27 @@ def test_bad_requests_get_clear_errors(kiosk, path, kwargs, error):
     assert response.status_code == 400 and response.get_json()["error"] == error
 
 
+def test_reply_is_spoken_sentence_by_sentence(quick_voice, kiosk):
+    body = kiosk.post("/kiosk/api/turn", json={"session": SESSION, "text": "/book_meal"}).get_json()
+    urls = body["audio_urls"]
+    assert len(urls) >= 2 and body["audio_url"] == urls[0]  # 要哪一天？ 比如明天、后天、下周三。
+    assert len(set(urls)) == len(urls)
+    assert all(re.fullmatch(r"/kiosk/api/tts/[0-9a-f]{32}\.wav", url) for url in urls)
+    for url in urls:  # each GET waits for its sentence if it is still being made
+        audio = kiosk.get(url)
+        assert audio.status_code == 200 and audio.data[:4] == b"RIFF"
+
+
+def test_unknown_or_forged_audio_names_answer_404_at_once(kiosk, runtime):
+    assert runtime.voice.tts.local  # the voices are loaded: only the lookup is timed below
+    for name in ("0" * 32 + ".wav", "A" * 32 + ".wav", "a" * 32 + ".pending", "a" * 4000 + ".wav", "x.wav",
+                 "..%2F..%2Fetc%2Fpasswd", "../../etc/passwd"):
+        started = time.monotonic()
+        response = kiosk.get(f"/kiosk/api/tts/{name}")
+        assert response.status_code == 404, name
+        assert time.monotonic() - started < 1.0, name  # only a sentence being made is waited for
+
+
 # -- the page in a real browser -------------------------------------------------------------------
 
 
@@ -63,6 +101,7 @@ def test_bad_requests_get_clear_errors(kiosk, path, kwargs, error):
 def live_kiosk(runtime):
     with serving(create_app(runtime)) as base:
         yield base
+    runtime.voice.close()
 
 
 def test_kiosk_page_by_touch_inchromium(live_kiosk):
@@ -84,6 +123,10 @@ def test_kiosk_page_by_touch_inchromium(live_kiosk):
         assert body_px >= 18
         browser.find_element(By.XPATH, "//button[text()='助餐订饭']").click()
         wait(browser, 10, lambda b: "哪一天" in b.find_element(By.ID, "replies").text)
+        # 要哪一天？ / 比如明天、后天、下周三。: played one after the other, the second made meanwhile
+        wait(browser, 60, lambda b: b.execute_script(
+            "const a = document.getElementById('voice');"
+            "return lastAudio.length >= 2 && a.src.endsWith(lastAudio[1]) && (a.currentTime > 0 || a.ended);"))
         browser.find_element(By.XPATH, "//button[text()='办老年证']").click()
         wait(browser, 10, lambda b: b.find_element(By.ID, "keypad").is_displayed())
         browser.save_screenshot(str(ARTIFACTS / "kiosk-keypad.png"))
@@ -96,6 +139,8 @@ def test_kiosk_page_by_touch_inchromium(live_kiosk):
         assert not browser.find_element(By.ID, "still-there").is_displayed()
         browser.execute_script("clearScreen()")
         assert "工作人员" not in browser.find_element(By.ID, "replies").text
+        assert browser.execute_script(  # a cleared screen says nothing more
+            "return speaking.length === 0 && !document.getElementById('voice').getAttribute('src');")
     finally:
         browser.quit()
 

@@ -1,17 +1,22 @@
 """Twilio Media Streams: a real recording streamed as 8 kHz μ-law over a real WebSocket, heard by
-the real default recogniser (faster-whisper), answered with real espeak-ng audio."""
+the real default recogniser (faster-whisper), answered with real synthesised audio: espeak-ng where
+the test is about the call (it speaks in milliseconds, so timings measure the call, not the voice),
+Kokoro (the configured voice) where it is about speaking while synthesising."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant.voice.audio import mulaw_encode, read_wav, resample
-from channels.twilio_media import FRAME_BYTES, MediaStreamServer, speech_frames
+from channels.twilio_media import FRAME_BYTES, MediaStreamServer, MulawFramer, speech_frames
 
 AUDIO = Path(__file__).resolve().parent / "audio"
 CLIP = AUDIO / "aishell1_BAC009S0002W0123.wav"  # 也成为地方政府的眼中钉 (AISHELL-1, Apache-2.0)
@@ -25,14 +30,33 @@ def _phone_frames(path: Path) -> list[bytes]:
     return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
 
 
-@pytest.fixture
-def stream_server(runtime):
+def _serve(runtime, engine: str):
     if shutil.which("espeak-ng") is None:
         from conftest import _unavailable
 
         _unavailable("espeak-ng not installed (apt-get install espeak-ng)")
+    voice = runtime.voice
+    tts = {k: v for k, v in voice.config.tts.items() if k != "voice" or engine == "kokoro"}
+    voice.config = replace(voice.config, tts={**tts, "engine": engine})  # before the voices are built
+    if engine == "kokoro" and voice.tts.name != "kokoro":
+        from conftest import _unavailable
+
+        _unavailable(f"Kokoro unavailable: {voice.tts.fallback_reason}")
     server = MediaStreamServer(runtime, "127.0.0.1", 0)
     server.start_in_thread()
+    return server
+
+
+@pytest.fixture
+def stream_server(runtime):
+    server = _serve(runtime, "espeak")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kokoro_server(runtime):
+    server = _serve(runtime, "kokoro")
     yield server
     server.stop()
 
@@ -77,7 +101,18 @@ def _run(coroutine):
 def test_speech_frames_are_20ms_mulaw(runtime):
     path = runtime.voice.speech_file("您好")
     frames = speech_frames(path.read_bytes())
-    assert frames and all(len(f) == FRAME_BYTES for f in frames[:-1])
+    assert frames and all(len(f) == FRAME_BYTES for f in frames)
+
+
+def test_frames_are_exact_across_chunks_and_only_the_last_is_padded():
+    rng = np.random.default_rng(7)
+    chunks = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (1, 159, 161, 333, 800, 97)]
+    framer = MulawFramer()
+    frames = [f for chunk in chunks for f in framer.feed(chunk, 8000)] + framer.flush()
+    whole = mulaw_encode(np.concatenate(chunks))
+    assert all(len(f) == FRAME_BYTES for f in frames)
+    assert b"".join(frames) == whole + SILENCE[: -len(whole) % FRAME_BYTES]  # nothing lost or moved
+    assert MulawFramer().flush() == []
 
 
 def test_real_recording_is_heard_and_answered_with_audio(stream_server, runtime):
@@ -167,7 +202,8 @@ def test_streams_command_serves_calls_as_its_own_process_and_stops_cleanly(setti
             async with socket:
                 stream = TwilioStream(socket)
                 await stream.start()
-                await stream.until("mark")  # the greeting was spoken (audio, then its mark)
+                while stream.audio_bytes() <= 8000:  # the greeting is being spoken (Kokoro, as configured)
+                    await stream.until("media")
                 return stream
 
         stream = _run(call())
@@ -214,3 +250,66 @@ def test_a_senior_gets_eight_seconds_after_the_prompt_ends_not_after_it_starts(s
 
     frames_after_prompt = _run(call())
     assert 400 <= frames_after_prompt <= 520  # 8 s (+ the time to say the reply) after the prompt
+
+
+class ObservedVoices:
+    """The real voices; only watched: when each chunk of a streamed reply was ready."""
+
+    def __init__(self, voices) -> None:
+        self.voices = voices
+        self.ready: list[float] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.voices, name)
+
+    def stream(self, text: str, language: str = "zh"):
+        for chunk in self.voices.stream(text, language):
+            self.ready.append(time.monotonic())
+            yield chunk
+
+
+def _greeting_and_menu(runtime) -> str:
+    from assistant.ivr import IvrFlow
+
+    flow = IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml")
+    return flow.greeting + flow.steps["main"].prompt
+
+
+def test_first_audio_goes_out_before_the_prompt_is_synthesised(kokoro_server, runtime, monkeypatch):
+    import websockets
+
+    observed = ObservedVoices(runtime.voice.tts)
+    monkeypatch.setattr(runtime.voice, "tts", observed)
+    phrases = len(observed.mandarin.phrases(_greeting_and_menu(runtime)))
+
+    async def call() -> float:
+        async with websockets.connect(f"ws://127.0.0.1:{kokoro_server.port}/media-stream") as socket:
+            twilio = TwilioStream(socket)
+            await twilio.start()
+            await twilio.until("media")
+            return time.monotonic()
+
+    first_media = _run(call())
+    ready_before = sum(t <= first_media for t in observed.ready)
+    assert phrases > 5 and 1 <= ready_before < phrases, (ready_before, phrases)
+
+
+def test_talking_over_a_prompt_still_being_synthesised_stops_the_rest(kokoro_server):
+    import websockets
+
+    async def call() -> list[dict]:
+        async with websockets.connect(f"ws://127.0.0.1:{kokoro_server.port}/media-stream") as socket:
+            twilio = TwilioStream(socket)
+            await twilio.start()
+            await twilio.until("media")  # the greeting has begun; most of the menu is not made yet
+            await twilio.media(_phone_frames(CLIP)[:60])  # the caller talks over it
+            await twilio.until("clear", timeout=30)
+            after: list[dict] = []
+            try:
+                while True:  # Kokoro makes a phrase in ~1 s: the next ones would have come by now
+                    after.append(json.loads(await asyncio.wait_for(socket.recv(), 3.0)))
+            except TimeoutError:
+                return after
+
+    after = _run(call())
+    assert not [e for e in after if e["event"] in ("media", "mark")], after[:3]

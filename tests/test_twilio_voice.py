@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -11,10 +18,12 @@ from twilio.request_validator import RequestValidator
 
 from assistant.config import ROOT, load_settings
 from assistant.ivr import CallInput, IvrFlow, IvrNavigator
+from assistant.voice.tts import for_listening
 from channels.app import create_app
 from channels.twilio_voice import make_blueprint
 from core_fixtures import TZ, make_id
 from runtime.container import build_runtime
+from runtime.voice_services import PIECE_CHARS, VoiceServices
 
 TOKEN = "voice-test-auth-token"
 PUBLIC = "https://hotline.example.org"
@@ -64,6 +73,10 @@ class Phone:
     def spoken(self) -> str:
         return "".join(p.text or "" for p in self.xml.iter("prosody"))
 
+    def says(self, written: str) -> bool:
+        """`written` is in what <Say> says, as it is said (numbers spelled: 按0 → 按零, 120 → 幺二零)."""
+        return for_listening(written) in self.spoken
+
     def answer(self, digits: str = "", speech: str = "", confidence: str = "0.9"):
         action = self.gather.get("action")
         fields = {"Digits": digits} if digits else {}
@@ -81,7 +94,7 @@ def test_incoming_call_greets_and_offers_the_menu_with_elderly_timeouts(phone):
     gather = phone.gather
     assert gather.get("input") == "dtmf speech" and gather.get("language") == "zh-CN"
     assert int(gather.get("timeout")) >= 8 and gather.get("speechTimeout") == "auto"
-    assert "社区服务热线" in phone.spoken and "按0" in phone.spoken and "重听" in phone.spoken
+    assert phone.says("社区服务热线") and phone.says("按0") and phone.says("重听")
     assert phone.query["step"] == "main"
     say = next(phone.xml.iter("Say"))
     assert say.get("language") == "cmn-CN"
@@ -103,19 +116,19 @@ def test_forged_or_malformed_webhooks_are_refused(phone, path, fields, signed, s
 def test_menu_keys_submenu_back_repeat_and_end(phone):
     phone.call()
     phone.answer("1")
-    assert "办老年证，请按1" in phone.spoken and phone.query["step"] == "affairs"
+    assert phone.says("办老年证，请按1") and phone.query["step"] == "affairs"
     phone.answer("*")
     assert phone.query["step"] == "main"
     phone.answer("9")
-    assert "办证和补贴" in phone.spoken
+    assert phone.says("办证和补贴")
     phone.answer("#")
-    assert phone.xml.find("Hangup") is not None and "再见" in phone.spoken
+    assert phone.xml.find("Hangup") is not None and phone.says("再见")
 
 
 def test_silence_is_retried_then_a_person(phone):
     phone.call()
     phone.answer()
-    assert "没听到" in phone.spoken and phone.query["tries"] == "1"
+    assert phone.says("没听到") and phone.query["tries"] == "1"
     phone.answer()
     assert phone.query["tries"] == "2"
     phone.answer()
@@ -132,7 +145,7 @@ def test_zero_reaches_a_person_with_a_whisper_for_the_agent(phone):
     reference = parse_qs(urlparse(whisper).query)["ref"][0]
     assert re.fullmatch(r"\d{8}", reference)
     phone.post(whisper)
-    assert f"服务编号{reference}" in phone.spoken
+    assert phone.says(f"服务编号{reference}")
     assert phone.runtime.backend.get_case(reference).kind == "handoff"
 
 
@@ -141,23 +154,23 @@ def test_after_hours_a_person_is_promised_a_call_back(phone, clock):
     phone.call()
     phone.answer("0")
     assert phone.xml.find("Dial") is None and phone.xml.find("Hangup") is not None
-    assert "下班" in phone.spoken
+    assert phone.says("下班")
 
 
 def test_full_call_by_speech_and_keys_to_a_submitted_application(phone):
     phone.call()
     phone.answer(speech="我想办老年证")
-    assert "身份证" in phone.spoken
+    assert phone.says("身份证")
     assert phone.query == {"step": "conv", "expects": "id_number", "tries": "0"}
     assert phone.gather.get("finishOnKey") == "#"
     phone.answer(make_id("19450302") + "#")
-    assert "名字" in phone.spoken
+    assert phone.says("名字")
     phone.answer(speech="王建国")
     assert phone.query["expects"] == "confirm"
-    assert "幺三八" in phone.spoken  # the caller's number read back digit by digit
+    assert phone.says("幺三八")  # the caller's number read back digit by digit
     assert phone.gather.get("numDigits") == "1"
     phone.answer("1")
-    assert "受理编号" in phone.spoken and phone.query["step"] == "main"
+    assert phone.says("受理编号") and phone.query["step"] == "main"
     record = phone.runtime.calls.get(phone.call_sid)
     assert any("王建国" in text for _, text in record["transcript"])
 
@@ -168,24 +181,24 @@ def test_id_ending_in_x_is_keyed_with_star(phone):
     phone.answer("1")
     phone.answer("1")
     phone.answer(number[:-1] + "*#")
-    assert "名字" in phone.spoken
+    assert phone.says("名字")
 
 
 def test_low_confidence_speech_is_read_back_first(phone):
     phone.call()
     phone.answer(speech="我要订饭", confidence="0.2")
-    assert "您是说：我要订饭" in phone.spoken and phone.query["step"] == "confirm"
+    assert phone.says("您是说：我要订饭") and phone.query["step"] == "confirm"
     phone.answer("1")
-    assert "哪一天" in phone.spoken
+    assert phone.says("哪一天")
     phone.answer(speech="后天", confidence="0.1")
     phone.answer("2")
-    assert "再说一遍" in phone.spoken and phone.query["expects"] == "date"
+    assert phone.says("再说一遍") and phone.query["expects"] == "date"
 
 
 def test_emergency_speech_goes_straight_to_a_person(phone):
     phone.call()
     phone.answer(speech="我老伴摔倒了起不来")
-    assert "120" in phone.spoken
+    assert phone.says("120")
     assert phone.xml.find("Dial") is not None
 
 
@@ -198,7 +211,7 @@ def test_every_menu_branch_reaches_its_first_question(phone):
         phone.call()
         for key in keys:
             phone.answer(key)
-        assert question in phone.spoken or (keys == ("4",) and "编号" in phone.spoken), (keys, phone.spoken)
+        assert phone.says(question) or (keys == ("4",) and phone.says("编号")), (keys, phone.spoken)
 
 
 def test_star_inside_a_form_cancels_back_to_the_menu(phone):
@@ -206,7 +219,7 @@ def test_star_inside_a_form_cancels_back_to_the_menu(phone):
     phone.answer("2")
     phone.answer("1")
     phone.answer("*")
-    assert "取消" in phone.spoken and phone.query["step"] == "main"
+    assert phone.says("取消") and phone.query["step"] == "main"
 
 
 def test_errors_still_answer_twiml_with_a_person(phone, monkeypatch):
@@ -218,7 +231,7 @@ def test_errors_still_answer_twiml_with_a_person(phone, monkeypatch):
     monkeypatch.setattr(phone.runtime.assistant, "handle", broken)
     response = phone.answer(speech="我想办老年证")
     assert response.status_code == 200
-    assert "系统出了点问题" in phone.spoken and phone.xml.find("Dial") is not None
+    assert phone.says("系统出了点问题") and phone.xml.find("Dial") is not None
 
 
 def test_status_callback_closes_the_call_record_and_dial_done(phone):
@@ -229,7 +242,7 @@ def test_status_callback_closes_the_call_record_and_dial_done(phone):
     assert record["ended_at"] is not None and record["status"] == "completed"
     assert record["path"][0].startswith("menu") or "core" in record["path"]
     phone.post("/webhooks/twilio/voice/dial-done", DialCallStatus="no-answer")
-    assert "回电话" in phone.spoken and phone.xml.find("Hangup") is not None
+    assert phone.says("回电话") and phone.xml.find("Hangup") is not None
 
 
 def test_resident_marked_for_a_person_skips_the_menu(phone):
@@ -271,21 +284,141 @@ def test_terminal_call_simulator(model_dir, nlu, tmp_path):
     assert "办老年证，请按1" in run.stdout and "受理编号是" in run.stdout and "再见" in run.stdout
 
 
-def test_prompts_are_played_from_cached_local_speech(voice_env, nlu, clock):
-    import shutil
+# -- prompts in our own voice ------------------------------------------------------------------
 
-    if shutil.which("espeak-ng") is None:
+
+def use_engine(runtime, engine: str):
+    """Set voice.tts.engine before the voices are built (espeak-ng where a test is about the
+    channel, not the voice: it is a real engine that speaks in milliseconds)."""
+    if engine in ("espeak", "kokoro") and shutil.which("espeak-ng") is None:
         from conftest import _unavailable
 
         _unavailable("espeak-ng not installed")
-    runtime = build_runtime(load_settings({**voice_env, "PHONE_PROMPTS": "play"}), clock=clock, nlu=nlu)
-    phone = Phone(create_app(runtime).test_client(), runtime)
+    voice = runtime.voice
+    tts = {k: v for k, v in voice.config.tts.items() if k != "voice" or engine == "kokoro"}
+    voice.config = replace(voice.config, tts={**tts, "engine": engine})
+    return runtime
+
+
+def _phone(voice_env, nlu, clock, engine: str | None = None, prompts: str = "play") -> Phone:
+    runtime = build_runtime(load_settings({**voice_env, "PHONE_PROMPTS": prompts}), clock=clock, nlu=nlu)
+    if engine:
+        use_engine(runtime, engine)
+    return Phone(create_app(runtime).test_client(), runtime)
+
+
+def _plays(phone: Phone) -> list[str]:
+    return [play.text for play in phone.xml.iter("Play")]
+
+
+def test_prompts_are_played_sentence_by_sentence_from_our_own_voice(voice_env, nlu, clock):
+    phone = _phone(voice_env, nlu, clock, engine="espeak")
     phone.call()
-    urls = [play.text for play in phone.xml.iter("Play")]
-    assert len(urls) == 2 and not list(phone.xml.iter("Say"))  # greeting + menu prompt
-    audio = phone.client.get(urls[1])
-    assert audio.status_code == 200 and audio.data[:4] == b"RIFF" and len(audio.data) > 16000
+    flow = IvrFlow.load(ROOT / "ivr_flows" / "main.yml")
+    sentences = VoiceServices.pieces(flow.greeting) + VoiceServices.pieces(flow.steps["main"].prompt)
+    urls = _plays(phone)
+    assert len(urls) == len(sentences) > 2 and not list(phone.xml.iter("Say"))
+    assert all(re.fullmatch(r"/voice/tts/[0-9a-f]{32}\.wav", url) for url in urls)
+    for url in urls:  # each GET waits for its sentence if it is still being made
+        audio = phone.client.get(url)
+        assert audio.status_code == 200 and audio.data[:4] == b"RIFF" and len(audio.data) > 4000
+    tts_dir = Path(phone.runtime.settings.data_dir) / "tts"
+    assert not list(tts_dir.rglob("*.pending"))  # made: nothing left waiting
     phone.call_sid = "CA" + "b" * 32
     phone.call()
-    assert [play.text for play in phone.xml.iter("Play")] == urls  # cached: same files, by text hash
-    assert phone.client.get("/voice/tts/../../etc/passwd").status_code == 404
+    assert _plays(phone) == urls  # cached: same files, by text hash
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        ("要哪一天？比如明天、后天、下周三。", ["要哪一天？", "比如明天、后天、下周三。"]),
+        ("好的。受理编号31852047，请记下来。", ["好的。", "受理编号31852047，", "请记下来。"]),
+        ("我可以帮您：办老年证、居住证明、高龄津贴、残疾人补贴，订助餐，约家政和陪诊，报修，查进度。",
+         ["我可以帮您：", "办老年证、居住证明、高龄津贴、残疾人补贴，", "订助餐，约家政和陪诊，报修，", "查进度。"]),
+        ("明天上午8:30到社区食堂，午饭12元一份，一共1,000份，先到先得。",
+         ["明天上午8:30到社区食堂，", "午饭12元一份，", "一共1,000份，先到先得。"]),
+    ],
+)
+def test_a_reply_is_played_in_short_pieces_the_first_soon_ready(text, pieces):
+    """Kokoro takes seconds per sentence: a long one is cut between clauses so the first piece is
+    short, never inside a time or a number."""
+    assert VoiceServices.pieces(text) == pieces
+    assert all(len(p) <= PIECE_CHARS or not re.search("[，；：]", p[:-1]) for p in pieces)
+
+
+def test_unknown_or_forged_audio_names_answer_404_at_once(voice_env, nlu, clock):
+    phone = _phone(voice_env, nlu, clock)
+    assert phone.runtime.voice.tts.local  # the voices are loaded: only the lookup is timed below
+    for name in ("0" * 32 + ".wav", "A" * 32 + ".wav", "a" * 32 + ".pending", "a" * 4000 + ".wav", "x.wav",
+                 "..%2F..%2Fetc%2Fpasswd", "../../etc/passwd"):
+        started = time.monotonic()
+        response = phone.client.get(f"/voice/tts/{name}")
+        assert response.status_code == 404, name
+        assert time.monotonic() - started < 1.0, name  # only a sentence being made is waited for
+
+
+def test_a_sentence_whose_maker_was_killed_is_made_by_the_request(voice_env, nlu, clock, tmp_path):
+    """A worker that named a sentence is killed (SIGKILL) while making it: its pending file stays,
+    its lock goes with it. The GET for the sentence, in another process, makes it itself."""
+    phone = _phone(voice_env, nlu, clock)  # the configured voice (Kokoro)
+    voice = phone.runtime.voice
+    text = "好的。"
+    path = voice.tts.reply_path(text, "zh")
+    maker = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from runtime.voice_services import _claim_new; "
+         "assert _claim_new(Path(sys.argv[1]), sys.argv[2]) is not None; print('making', flush=True); "
+         "time.sleep(600)", str(path.with_suffix(".pending")), text],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert maker.stdout.readline().strip() == "making"
+        assert voice.await_file(path.name, 0.3) is None  # a live maker is waited for, not raced
+        maker.send_signal(signal.SIGKILL)
+        maker.wait(10)
+    finally:
+        if maker.poll() is None:
+            maker.kill()
+    assert path.with_suffix(".pending").exists() and not path.exists()
+    audio = phone.client.get(f"/voice/tts/{path.name}")
+    assert audio.status_code == 200 and audio.data[:4] == b"RIFF"
+    assert path.exists() and not path.with_suffix(".pending").exists()
+
+
+def test_a_sentence_local_tts_cannot_make_is_said_with_say(voice_env, nlu, clock, monkeypatch):
+    phone = _phone(voice_env, nlu, clock, engine="espeak")
+    voice = phone.runtime.voice
+    prepare = voice.prepare
+
+    def broken_for_key_zero(text: str, language: str = "zh"):
+        if "按0" in text:
+            raise RuntimeError("voice broke")
+        return prepare(text, language)
+
+    monkeypatch.setattr(voice, "prepare", broken_for_key_zero)
+    phone.call()
+    said = [(child.tag, child) for child in phone.gather]
+    says = [child for tag, child in said if tag == "Say"]
+    assert len(says) == 1 and len(said) == len(_plays(phone)) + 1  # the call is never silent
+    assert says[0].find("prosody").text == for_listening("找工作人员，请按0。")
+    assert said[-3][0] == "Say"  # in its place, before 重听，请按9 and 也可以直接说
+
+
+def test_say_voice_follows_the_calls_language(voice_env, nlu, clock):
+    """engine twilio_say: <Say> in the call's language with its cloud voice (config.yml
+    voice.tts.twilio), the text as it is said, at the flow's pace."""
+    phone = _phone(voice_env, nlu, clock, engine="twilio_say")
+    phone.call()
+    say = next(phone.xml.iter("Say"))
+    assert (say.get("language"), say.get("voice")) == ("cmn-CN", "Polly.Zhiyu-Neural")
+    assert not _plays(phone) and not re.search(r"\d", phone.spoken)  # 按0 is said 按零
+    # the conversation is now in Cantonese (the core keeps the call's language in its state)
+    runtime = phone.runtime
+    runtime.sessions.save(runtime.assistant.session_key("voice", phone.call_sid),
+                          {"sender_id": phone.call_sid, "channel": "voice", "language": "yue"}, 600)
+    phone.answer("1")
+    says = list(phone.xml.iter("Say"))
+    assert says and all(s.get("language") == "yue-HK" for s in says)
+    assert all(s.get("voice") == "Google.yue-HK-Standard-A" for s in says)
+    assert {p.get("rate") for p in phone.xml.iter("prosody")} == {"85%"}
+    assert phone.says("办老年证，请按1")

@@ -27,11 +27,17 @@ def scoring_form(text: str) -> str:
     return spoken_form(text).lower()
 
 
-def cer(ref: str, hyp: str) -> float:
+def char_errors(ref: str, hyp: str) -> tuple[int, int]:
+    """(edits, reference characters) in the scoring form: sum both over a set for a corpus CER."""
     r, h = scoring_form(ref), scoring_form(hyp)
-    if not r:
-        return 0.0 if not h else 1.0
-    return edit_distance(r, h) / len(r)
+    return edit_distance(r, h), len(r)
+
+
+def cer(ref: str, hyp: str) -> float:
+    errors, chars = char_errors(ref, hyp)
+    if not chars:
+        return 0.0 if not errors else 1.0
+    return errors / chars
 
 
 def read_transcripts(directory: Path) -> list[tuple[str, str]]:

@@ -91,9 +91,10 @@ class VoiceConfig:
     vad_min_silence_ms: int = 700  # end of utterance on streamed audio
     vad_speech_pad_ms: int = 400
     max_utterance_seconds: float = 30.0
-    tts_engine: str = "espeak"  # espeak | pyttsx3 | twilio_say
+    tts_engine: str = "kokoro"  # kokoro | espeak | pyttsx3 | twilio_say (details: tts.TtsSettings)
     tts_rate: int = 130  # 字/min for seniors
-    tts_voice: str = "cmn"
+    tts_voice: str = "jm_kumo+jf_gongitsune"
+    tts: Mapping[str, Any] = field(default_factory=dict)  # the whole `voice.tts` section
     remote_url: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -111,6 +112,7 @@ class VoiceConfig:
         for key, name in (("engine", "tts_engine"), ("rate", "tts_rate"), ("voice", "tts_voice")):
             if key in tts:
                 values[name] = tts[key]
+        values["tts"] = dict(tts)
         extra = {k: v for k, v in section.items() if k not in known}
         return cls(**values, extra=extra)
 

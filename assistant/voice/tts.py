@@ -1,73 +1,137 @@
-"""Text-to-speech behind a small interface, with a cache so each prompt is synthesised once.
+"""Text-to-speech behind one small interface, with the fixed prompts rendered ahead of time.
 
     tts = build_tts(VoiceConfig.from_config(config), data_dir)
-    speech = tts.speak(reply.speech or reply.text)   # Speech(path=…wav) → TwiML <Play>, or
-                                                      # Speech(path=None, …) → <Say language="zh-CN">
+    speech = tts.speak(reply.speech or reply.text)     # Speech(path=…wav) → <Play>, kiosk audio
+    for chunk in tts.stream(text): send(chunk.samples)  # Media Streams: audio before the reply is done
+    speech = tts.speak(text, language="yue")           # per call: Mandarin "zh" or Cantonese "yue"
 
-Engines (config `voice.tts.engine`), all espeak-ng's Mandarin voice `cmn` (`apt-get install espeak-ng`):
-- `espeak` (default): the espeak-ng program, one short process per new prompt. Same voice and
-  output as pyttsx3, but isolated: a crash cannot take the server down, and rate is exact.
-- `pyttsx3`: espeak-ng through pyttsx3 2.99 in-process. Works, but its espeak driver lost files on
-  the first synthesis of a process, sometimes kept an old rate after a change, and crashed
-  (SIGSEGV) at interpreter exit now and then in our tests — hence not the default.
-- `twilio_say`: no local synthesis; channels render <Say language="zh-CN">.
-A better offline voice plugs in by implementing `TextToSpeech.speak` (see `_CachedEngine`).
+Engines (config.yml `voice.tts.engine`):
+- `kokoro` (default): Kokoro-82M int8, offline neural voice, misaki's Mandarin G2P (kokoro_tts.py).
+- `espeak`: the espeak-ng program, voice `cmn-latn-pinyin` (`cmn` reads tone digits aloud). Also the
+  fallback when Kokoro is missing or fails, phrase by phrase: a call never goes silent.
+- `pyttsx3`: espeak-ng in-process through pyttsx3 (kept for completeness; see espeak_tts.py).
+- `twilio_say`: no local audio; the phone says the text with Twilio <Say> and a neural cloud voice
+  (the text leaves the premises: README "Voice").
+
+Every local engine speaks the same phrases (speakable.py: numbers digit by digit, pauses) and
+caches two things, both keyed by text + voice + speed: phrases (a fixed prompt's clauses are
+rendered once, at first start, so a read-back only synthesises its names and numbers) and whole
+replies (the WAV a URL points at). The cache can hold read-backs of phone numbers: retention
+purges DATA_DIR/tts with the recordings.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from assistant.dialogue.render import spell_digits
-from assistant.voice.audio import read_wav
+import numpy as np
+
+from assistant.voice.audio import Audio, read_wav, resample, write_wav
 from assistant.voice.recognizer import VoiceConfig
+from assistant.voice.speakable import Pauses, Phrase, for_the_ear, spoken_text
 
 log = logging.getLogger(__name__)
 
-# espeak-ng's cmn voice says about 0.86 字 per "word" of its rate setting (measured with pauses at
-# punctuation: rate 130 → 110 字/min, 160 → 137 字/min).
-_CHARS_PER_ESPEAK_WORD = 0.86
-_DIGIT_RUN = re.compile(r"\d{3,}[\dXx]*")
+LANGUAGES = ("zh", "yue")  # Mandarin, Cantonese
 
 
 def for_listening(text: str) -> str:
-    """Numbers of 3+ digits read digit by digit (幺 for 1) with pauses: a reference or phone number
-    said as "三千一百八十五万…" cannot be written down. Shorter numbers stay quantities (3份, 12月)."""
-    return _DIGIT_RUN.sub(lambda m: spell_digits(m.group()), text)
+    """The text as it is said (digits spelled, symbols gone), on one line: for <Say> and logs."""
+    return spoken_text(for_the_ear(text))
+
+
+@dataclass(frozen=True)
+class SayVoice:
+    """A Twilio <Say> voice: the `language` and `voice` attributes."""
+
+    language: str
+    voice: str | None = None
+
+
+DEFAULT_SAY = {"zh": SayVoice("cmn-CN", "Polly.Zhiyu-Neural"), "yue": SayVoice("yue-HK", "Google.yue-HK-Standard-A")}
+
+
+@dataclass(frozen=True)
+class TtsSettings:
+    """config.yml `voice.tts`."""
+
+    engine: str = "kokoro"  # kokoro | espeak | pyttsx3 | twilio_say
+    voice: str = "jm_kumo+jf_gongitsune"  # Kokoro style, or a mix "a+b" / "a:0.7+b:0.3"
+    speed: float = 0.85  # Kokoro speed (1.0 = its natural pace)
+    max_pace: float = 150  # 字/min inside a phrase (pauses not counted); a faster phrase is said again slower
+    threads: int = 2  # onnxruntime threads per synthesis
+    concurrency: int = 1  # syntheses at once
+    espeak_voice: str = "cmn-latn-pinyin"
+    cantonese_voice: str = "yue"  # espeak-ng, the only offline Cantonese voice on any registry
+    rate: int = 130  # espeak-ng pace, 字/min
+    fallback: str = "espeak"  # espeak | none
+    pauses: Pauses = field(default_factory=Pauses)
+    say: Mapping[str, SayVoice] = field(default_factory=lambda: dict(DEFAULT_SAY))
+
+    @classmethod
+    def from_config(cls, config: VoiceConfig) -> TtsSettings:
+        section = dict(config.tts or {})
+        values: dict[str, Any] = {}
+        for name in ("engine", "voice", "espeak_voice", "cantonese_voice", "fallback"):
+            if section.get(name) not in (None, ""):
+                values[name] = str(section[name])
+        for name, kind in (("speed", float), ("max_pace", float), ("threads", int), ("concurrency", int),
+                           ("rate", int)):
+            if section.get(name) not in (None, ""):
+                values[name] = kind(section[name])
+        if values.get("engine") in ("espeak", "pyttsx3") and "voice" in values:
+            values["espeak_voice"] = values.pop("voice")  # `voice:` names the espeak voice for those engines
+        values["pauses"] = Pauses.from_config(section.get("pauses"))
+        say = dict(DEFAULT_SAY)
+        for language, spec in (section.get("twilio") or {}).items():
+            if isinstance(spec, Mapping) and spec.get("language"):
+                say[str(language)] = SayVoice(str(spec["language"]), spec.get("voice") or None)
+        values["say"] = say
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class Speech:
-    """A synthesised prompt: a WAV file to <Play>, or (engine 'twilio_say') text for <Say>."""
+    """A spoken reply: a WAV file to play, or (path None) text for Twilio <Say>."""
 
-    text: str  # what is said (after digit spelling)
-    path: Path | None  # cached WAV, None when the channel should use <Say>
+    text: str  # what is said (digits spelled)
+    path: Path | None
     seconds: float = 0.0
     cached: bool = False
-    say_language: str = "zh-CN"
+    say_language: str = "cmn-CN"
+    say_voice: str | None = None
 
     @property
     def key(self) -> str:
         return self.path.stem if self.path else ""
 
 
+@dataclass(frozen=True)
+class SpeechChunk:
+    """A piece of a reply as it becomes ready: one phrase and the pause after it."""
+
+    samples: np.ndarray  # float32, mono
+    rate: int
+    text: str
+
+
 class TextToSpeech(Protocol):
     name: str
 
-    def speak(self, text: str) -> Speech:
-        """Speech for `text` (digits are spelled here); cached, safe from several threads."""
-        ...
+    def speak(self, text: str, language: str = "zh") -> Speech: ...
+
+    def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]: ...
+
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int: ...
 
 
 class TtsUnavailable(RuntimeError):
@@ -75,140 +139,214 @@ class TtsUnavailable(RuntimeError):
 
 
 class TwilioSay:
-    """No local synthesis: channels render <Say language="zh-CN"> with the (digit-spelled) text."""
+    """No local synthesis: channels render <Say> with a cloud voice for the call's language."""
 
     name = "twilio_say"
 
-    def speak(self, text: str) -> Speech:
-        return Speech(for_listening(text), None)
+    def __init__(self, settings: TtsSettings | None = None) -> None:
+        self.settings = settings or TtsSettings(engine="twilio_say")
+
+    def speak(self, text: str, language: str = "zh") -> Speech:
+        say = self.settings.say.get(language) or self.settings.say["zh"]
+        return Speech(for_listening(text), None, say_language=say.language, say_voice=say.voice)
+
+    def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]:
+        return iter(())
+
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int:
+        return 0
 
 
-class _CachedEngine:
-    """Cache by a hash of (engine, voice, rate, text) under cache_dir; subclasses write one WAV."""
+_MEMORY_PHRASES = 512  # recent dynamic phrases (names, addresses) kept in memory only
 
-    name = "cached"
 
-    def __init__(self, cache_dir: Path, *, chars_per_minute: int = 130, voice: str = "cmn") -> None:
-        self.voice = voice
-        self.chars_per_minute = chars_per_minute
-        self.rate = max(60, round(chars_per_minute / _CHARS_PER_ESPEAK_WORD))
+class LocalVoice:
+    """A voice that makes audio here. Subclasses implement `render` (one phrase → samples)."""
+
+    name = "local"
+    rate = 22_050
+
+    def __init__(self, cache_dir: Path, settings: TtsSettings, backup: LocalVoice | None = None) -> None:
+        self.settings = settings
         self.cache_dir = cache_dir
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.phrase_dir = cache_dir / "phrases"
+        self.phrase_dir.mkdir(parents=True, exist_ok=True)
+        self.backup = backup  # says a phrase this voice fails on
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def cache_path(self, text: str) -> Path:
-        digest = hashlib.sha256(f"{self.name}|{self.voice}|{self.rate}|{text}".encode()).hexdigest()
-        return self.cache_dir / f"{digest[:32]}.wav"
+    # --- what subclasses provide -------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """Engine, voice and speed: part of every cache key."""
+        return self.name
 
-    def speak(self, text: str) -> Speech:
-        said = for_listening(text)
-        path = self.cache_path(said)
-        if path.exists():
-            return Speech(said, path, _wav_seconds(path), cached=True)
-        fd, tmp_name = tempfile.mkstemp(suffix=".wav", dir=self.cache_dir, prefix=".tts-")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            self.synthesize(said, tmp)
-            if not tmp.exists() or tmp.stat().st_size <= 44:
-                raise TtsUnavailable(f"{self.name} produced no audio for {said[:20]!r}")
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        finally:
-            tmp.unlink(missing_ok=True)
-        return Speech(said, path, _wav_seconds(path), cached=False)
-
-    def synthesize(self, text: str, path: Path) -> None:
+    def render(self, text: str) -> np.ndarray:
         raise NotImplementedError
 
-    def warm(self, texts: list[str]) -> int:
-        """Synthesise prompts ahead of the first call (e.g. every sentence of domain.yml)."""
+    # --- phrases -----------------------------------------------------------------------------
+    def phrases(self, text: str) -> list[Phrase]:
+        return for_the_ear(text, self.settings.pauses)
+
+    def _phrase_key(self, phrase: Phrase) -> str:
+        return hashlib.sha256(f"{self.identity}|{int(phrase.digits)}|{phrase.text}".encode()).hexdigest()[:32]
+
+    def phrase_audio(self, phrase: Phrase, keep: bool = False) -> np.ndarray:
+        """Samples for one phrase (no pause); from memory, the phrase cache, or synthesised now.
+        `keep` writes it to the phrase cache (fixed prompts: rendered once, reused by every call)."""
+        key = self._phrase_key(phrase)
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
+        path = self.phrase_dir / f"{key}.wav"
+        audio = _read_samples(path, self.rate) if path.exists() else None
+        if audio is None:
+            audio = self._synthesise(phrase)
+            if keep and audio.size:
+                _write_atomic(path, Audio(audio, self.rate))
+        with self._lock:
+            self._memory[key] = audio
+            while len(self._memory) > _MEMORY_PHRASES:
+                self._memory.popitem(last=False)
+        return audio
+
+    def _synthesise(self, phrase: Phrase) -> np.ndarray:
+        text = " ".join(phrase.text) if phrase.digits else phrase.text  # one syllable each
+        try:
+            audio = trim_silence(self.render(text), self.rate)
+            if audio.size:
+                return audio
+            raise TtsUnavailable(f"{self.name} made no audio for {text[:12]!r}")
+        except Exception as exc:
+            if self.backup is None:
+                raise TtsUnavailable(f"{self.name} failed: {exc}") from exc
+            log.warning("%s failed on a phrase (%s); %s says it", self.name, exc, self.backup.name)
+            other = self.backup.phrase_audio(phrase)
+            return resample(other, self.backup.rate, self.rate) if self.backup.rate != self.rate else other
+
+    # --- replies -----------------------------------------------------------------------------
+    def reply_path(self, text: str) -> Path:
+        digest = hashlib.sha256(f"{self.identity}|{text}".encode("utf-8", "surrogatepass")).hexdigest()
+        return self.cache_dir / f"{digest[:32]}.wav"
+
+    def chunks(self, text: str, keep: bool = False) -> Iterator[SpeechChunk]:
+        for phrase in self.phrases(text):
+            audio = self.phrase_audio(phrase, keep=keep)
+            gap = np.zeros(int(phrase.pause * self.rate), np.float32)
+            yield SpeechChunk(np.concatenate([audio, gap]) if gap.size else audio, self.rate, phrase.text)
+
+    def speak(self, text: str, language: str = "zh") -> Speech:
+        path = self.reply_path(text)
+        said = for_listening(text)
+        if path.exists():
+            return Speech(said, path, _wav_seconds(path), cached=True)
+        pieces = [c.samples for c in self.chunks(text)]
+        samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        if not samples.size:
+            samples = np.zeros(int(0.3 * self.rate), np.float32)  # nothing sayable: a short silence, not an error
+        _write_atomic(path, Audio(samples, self.rate))
+        return Speech(said, path, samples.size / self.rate, cached=False)
+
+    def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]:
+        """Phrase by phrase as each is ready; the whole reply is cached once it has been said."""
+        path = self.reply_path(text)
+        if path.exists():
+            audio = read_wav(path)
+            yield SpeechChunk(audio.samples, audio.rate, for_listening(text))
+            return
+        said = []
+        for chunk in self.chunks(text):
+            said.append(chunk.samples)
+            yield chunk
+        if said:
+            _write_atomic(path, Audio(np.concatenate(said), self.rate))
+
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int:
+        """Render fixed prompts ahead of the first call; returns how many phrases were new."""
+        todo = list(dict.fromkeys(texts))
         made = 0
-        for text in texts:
-            if not self.speak(text).cached:
-                made += 1
+        for i, text in enumerate(todo, 1):
+            for phrase in self.phrases(text):
+                if not (self.phrase_dir / f"{self._phrase_key(phrase)}.wav").exists():
+                    self.phrase_audio(phrase, keep=True)
+                    made += 1
+            if progress:
+                progress(i, len(todo))
         return made
 
 
-class EspeakNg(_CachedEngine):
-    """The espeak-ng program (default engine)."""
+class Voices:
+    """The call's language picks the voice: Mandarin from the configured engine, Cantonese from
+    espeak-ng's `yue` (offline) or Twilio <Say> in yue-HK."""
 
-    name = "espeak"
+    def __init__(self, mandarin: TextToSpeech, cantonese: TextToSpeech | None, settings: TtsSettings,
+                 fallback_reason: str | None = None) -> None:
+        self.mandarin, self.cantonese, self.settings = mandarin, cantonese, settings
+        self.name = mandarin.name
+        self.fallback_reason = fallback_reason  # why the configured engine is not the one speaking
+        self.backup_missing: str | None = None  # why there is no espeak-ng fallback behind it
 
-    def __init__(self, cache_dir: Path, *, chars_per_minute: int = 130, voice: str = "cmn") -> None:
-        self.binary = shutil.which("espeak-ng")
-        if self.binary is None:
-            raise TtsUnavailable("espeak-ng is not installed (apt-get install espeak-ng)")
-        super().__init__(cache_dir, chars_per_minute=chars_per_minute, voice=voice.split("/")[-1])
+    def _for(self, language: str) -> TextToSpeech:
+        if language == "yue" and self.cantonese is not None:
+            return self.cantonese
+        return self.mandarin
 
-    def synthesize(self, text: str, path: Path) -> None:
-        try:
-            subprocess.run([self.binary, "-v", self.voice, "-s", str(self.rate), "-w", str(path)],
-                           input=text.encode("utf-8"), capture_output=True, timeout=30, check=True)
-        except (subprocess.SubprocessError, OSError) as exc:
-            raise TtsUnavailable(f"espeak-ng failed: {exc}") from exc
+    @property
+    def local(self) -> bool:
+        return isinstance(self.mandarin, LocalVoice)
 
+    def speak(self, text: str, language: str = "zh") -> Speech:
+        return self._for(language).speak(text, language)
 
-class Pyttsx3Espeak(_CachedEngine):
-    """espeak-ng in-process through pyttsx3 (engine `pyttsx3`)."""
+    def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]:
+        return self._for(language).stream(text, language)
 
-    name = "pyttsx3"
-    _lock = threading.Lock()  # espeak-ng is a process-wide C library with one output buffer
-    _shared_engine = None
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int:
+        return self.mandarin.warm(texts, progress)
 
-    def __init__(self, cache_dir: Path, *, chars_per_minute: int = 130, voice: str = "cmn") -> None:
-        try:
-            import pyttsx3
-        except ImportError as exc:
-            raise TtsUnavailable("pyttsx3 is not installed (pip install -r requirements.txt)") from exc
-        with self._lock:
-            if Pyttsx3Espeak._shared_engine is None:
-                try:
-                    with _quiet():
-                        # One engine for the process, never collected: a second pyttsx3 engine
-                        # re-initialises the espeak-ng library under the first.
-                        Pyttsx3Espeak._shared_engine = pyttsx3.init("espeak")
-                except Exception as exc:  # missing libespeak-ng raises OSError/RuntimeError in pyttsx3
-                    raise TtsUnavailable(f"espeak-ng is not available ({exc}); apt-get install espeak-ng") from exc
-            self._engine = Pyttsx3Espeak._shared_engine
-        super().__init__(cache_dir, chars_per_minute=chars_per_minute,
-                         voice=voice if "/" in voice else f"sit/{voice}")
+    def reply_path(self, text: str, language: str = "zh") -> Path | None:
+        voice = self._for(language)
+        return voice.reply_path(text) if isinstance(voice, LocalVoice) else None
 
-    def synthesize(self, text: str, path: Path) -> None:
-        with self._lock, _quiet():
-            # pyttsx3 2.99 sometimes ends the very first loop of a process before espeak-ng has
-            # delivered the audio (no file written); a second attempt always had it.
-            for _ in range(3):
-                _apply_settings(self._engine, self.voice, self.rate)
-                path.unlink(missing_ok=True)
-                self._engine.save_to_file(text, str(path))
-                self._engine.runAndWait()
-                _forget_pending_text(self._engine)
-                if path.exists() and path.stat().st_size > 44:
-                    break
+    def file(self, name: str) -> Path | None:
+        """A reply WAV by its file name (URLs carry only the content hash), or None."""
+        if not re.fullmatch(r"[0-9a-f]{32}\.wav", name):
+            return None
+        for voice in (self.mandarin, self.cantonese):
+            if isinstance(voice, LocalVoice) and (voice.cache_dir / name).is_file():
+                return voice.cache_dir / name
+        return None
 
 
-def _apply_settings(engine, voice: str, rate: int) -> None:
-    """Set voice and rate now, through the espeak driver's synchronous setter. pyttsx3 2.99 queues
-    Engine.setProperty: queued with a save_to_file the file is lost, and flushed in a loop of its
-    own the loop never ends (it waits for an utterance that never comes)."""
-    driver = engine.proxy._driver
-    driver.setProperty("voice", voice)
-    driver.setProperty("rate", rate)
+def trim_silence(samples: np.ndarray, rate: int, floor: float = 0.01, pad_seconds: float = 0.03) -> np.ndarray:
+    """Leading/trailing near-silence cut (our own pauses set the rhythm), a little padding kept."""
+    samples = np.asarray(samples, np.float32).ravel()
+    loud = np.flatnonzero(np.abs(samples) > floor)
+    if not loud.size:
+        return np.zeros(0, np.float32)
+    pad = int(pad_seconds * rate)
+    return samples[max(0, loud[0] - pad) : loud[-1] + pad]
 
 
-def _forget_pending_text(engine) -> None:
-    # pyttsx3 2.99's espeak driver keeps the last text and file name and synthesises them again at
-    # the start of the next loop (e.g. a property flush), re-creating a file we already moved.
-    driver = getattr(getattr(engine, "proxy", None), "_driver", None)
-    if driver is not None:
-        driver._text_to_say = None
-        driver._save_file = None
+def _read_samples(path: Path, rate: int) -> np.ndarray | None:
+    try:
+        audio = read_wav(path)
+    except (OSError, ValueError):
+        return None
+    return audio.samples if audio.rate == rate else resample(audio.samples, audio.rate, rate)
 
 
-@contextlib.contextmanager
-def _quiet():
-    # pyttsx3 prints "Audio saved to …" on stdout; our CLIs write JSON there.
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+def _write_atomic(path: Path, audio: Audio) -> None:
+    """A concurrent reader never sees half a file."""
+    fd, tmp_name = tempfile.mkstemp(suffix=".wav", dir=path.parent, prefix=".tts-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(write_wav(audio.samples, audio.rate))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _wav_seconds(path: Path) -> float:
@@ -218,13 +356,56 @@ def _wav_seconds(path: Path) -> float:
         return 0.0
 
 
-def build_tts(config: VoiceConfig, data_dir: Path) -> TextToSpeech:
-    """The configured engine; falls back to <Say> (and logs why) when espeak-ng is missing."""
-    if config.tts_engine == "twilio_say":
-        return TwilioSay()
-    engine = Pyttsx3Espeak if config.tts_engine == "pyttsx3" else EspeakNg
+def _local_engine(kind: str, cache_dir: Path, settings: TtsSettings, backup: LocalVoice | None = None) -> LocalVoice:
+    if kind == "kokoro":
+        from assistant.voice.kokoro_tts import KokoroVoice
+
+        voice: LocalVoice = KokoroVoice(cache_dir / "kokoro", settings)
+        voice.backup = backup
+        return voice
+    from assistant.voice.espeak_tts import EspeakNg, Pyttsx3Espeak
+
+    engine = Pyttsx3Espeak if kind == "pyttsx3" else EspeakNg
+    return engine(cache_dir / kind, settings)
+
+
+def build_tts(config: VoiceConfig, data_dir: Path) -> Voices:
+    """The configured voice; Kokoro → espeak-ng → Twilio <Say> as each one is missing (logged, and
+    shown by `doctor` as `fallback_reason`)."""
+    settings = TtsSettings.from_config(config)
+    cache_dir = data_dir / "tts"
+    if settings.engine == "twilio_say":
+        return Voices(TwilioSay(settings), None, settings)
+    from assistant.voice.espeak_tts import EspeakNg
+
+    espeak: LocalVoice | None = None
+    espeak_missing = None
+    if settings.fallback == "espeak" or settings.engine in ("espeak", "pyttsx3"):
+        try:
+            espeak = _local_engine("pyttsx3" if settings.engine == "pyttsx3" else "espeak", cache_dir, settings)
+        except TtsUnavailable as exc:
+            espeak_missing = str(exc)
     try:
-        return engine(data_dir / "tts", chars_per_minute=config.tts_rate, voice=config.tts_voice)
-    except TtsUnavailable as exc:
-        log.warning("local TTS unavailable: %s — prompts use Twilio <Say language=\"zh-CN\">", exc)
-        return TwilioSay()
+        cantonese: TextToSpeech = EspeakNg(cache_dir / "espeak-yue", settings, voice=settings.cantonese_voice)
+    except TtsUnavailable:
+        cantonese = TwilioSay(settings)
+    mandarin: TextToSpeech | None = None
+    reason = None
+    if settings.engine == "kokoro":
+        try:
+            mandarin = _local_engine("kokoro", cache_dir, settings, backup=espeak)
+        except TtsUnavailable as exc:
+            reason, mandarin = f"Kokoro unavailable: {exc}", espeak
+    elif settings.engine in ("espeak", "pyttsx3"):
+        mandarin = espeak
+    else:
+        reason = f"unknown voice.tts.engine {settings.engine!r} (kokoro, espeak, pyttsx3, twilio_say)"
+        mandarin = espeak
+    if mandarin is None:
+        reason = "; ".join(r for r in (reason, espeak_missing) if r) + " — prompts use Twilio <Say>"
+        mandarin = TwilioSay(settings)
+    if reason:
+        log.warning("TTS: %s — speaking with %s", reason, mandarin.name)
+    voices = Voices(mandarin, cantonese, settings, reason)
+    voices.backup_missing = espeak_missing if settings.fallback == "espeak" else None
+    return voices
