@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from assistant.config import load_settings  # noqa: E402
 from assistant.voice.audio import mulaw_encode, read_wav, resample  # noqa: E402
 from channels.twilio_media import FRAME_BYTES, MediaStreamServer  # noqa: E402
+from runtime.cli_voice import warm_prompts  # noqa: E402
 from runtime.container import build_runtime  # noqa: E402
 
 SILENCE = bytes([0xFF]) * FRAME_BYTES
@@ -221,8 +222,13 @@ def main() -> None:
     parser.add_argument("--clips", default=str(ROOT / "tests" / "audio"), help="busy-lines mode: WAV folder")
     parser.add_argument("--workers", help="decode workers (voice.workers), e.g. 1 to compare")
     parser.add_argument("--threads", help="threads per decode (voice.cpu_threads)")
+    parser.add_argument("--fast-decoder", action="store_true", help="voice.fast_decoder: true (window cut)")
+    parser.add_argument("--tts-cache", help="keep the rendered prompts here between runs (DATA_DIR/tts)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-media-"))
+    if args.tts_cache:
+        Path(args.tts_cache).mkdir(parents=True, exist_ok=True)
+        (tmp / "tts").symlink_to(Path(args.tts_cache).resolve())
     env = {**os.environ, "DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}"}
     settings = load_settings(env)
     voice = settings.config.setdefault("voice", {})
@@ -230,10 +236,16 @@ def main() -> None:
         voice["workers"] = int(args.workers)
     if args.threads:
         voice["cpu_threads"] = int(args.threads)
+    if args.fast_decoder:
+        voice["fast_decoder"] = True
     runtime = build_runtime(settings)
     services = runtime.voice
     assert services.pool is not None, services.unavailable
-    services.speech_file("您好，这里是社区服务热线。")  # load the engines before timing
+    # As a started server: the fixed prompts rendered before the first call (serve does it at start).
+    started = time.perf_counter()
+    made = warm_prompts(settings, services.tts, None)
+    print(json.dumps({"tts": services.tts.name, "warm_new_phrases": made,
+                      "warm_s": round(time.perf_counter() - started, 1)}), flush=True)
     server = MediaStreamServer(runtime, "127.0.0.1", 0)
     server.start_in_thread()
     speech = frames(Path(args.clip))

@@ -25,6 +25,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -42,15 +44,22 @@ GIVEN = "秀兰桂英建国淑芬玉珍志强明华凤英海燕德福永胜丽�
 
 
 def voice_config(base: VoiceConfig, spec: str) -> VoiceConfig:
-    """'kokoro' (as configured) | 'kokoro:jm_kumo+jf_gongitsune@0.85' | 'espeak:cmn-latn-pinyin'."""
+    """'kokoro' (as configured) | 'kokoro:jm_kumo+jf_gongitsune@0.85' | 'espeak:cmn-latn-pinyin';
+    '/key=value' at the end sets any other voice.tts option ('kokoro/tone_sandhi=true')."""
+    spec, *options = spec.split("/")
     engine, _, rest = spec.partition(":")
     voice, _, speed = rest.partition("@")
     tts = dict(base.tts)
     tts["engine"] = engine
+    if engine != "kokoro":
+        tts.pop("voice", None)  # the configured voice is Kokoro's
     if voice:
-        tts["voice" if engine == "kokoro" else "espeak_voice"] = voice
+        tts["voice"] = voice  # for espeak engines `voice` names the espeak voice (TtsSettings)
     if speed:
         tts["speed"] = float(speed)
+    for option in options:
+        key, _, value = option.partition("=")
+        tts[key] = yaml.safe_load(value)
     return replace(base, tts=tts)
 
 

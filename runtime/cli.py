@@ -46,27 +46,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Load (on a fresh clone: assemble, with progress in the log) the recogniser now, and render the
     # fixed prompts, in the background, so the first caller does not wait; text channels serve meanwhile.
     threading.Thread(target=lambda: runtime.voice.pool, name="asr-warmup", daemon=True).start()
-    _warm_voice_in_background(runtime)
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
+    warmup = _VoiceWarmup(runtime)
+    try:
+        waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
+    finally:
+        warmup.stop()
     return 0
 
 
-def _warm_voice_in_background(runtime) -> threading.Thread:
-    """Every fixed prompt rendered once (a few minutes on first start with Kokoro, a second later);
-    a progress bar when a person is watching the terminal."""
-    from runtime.cli_voice import warm_prompts
+class _VoiceWarmup:
+    """Every fixed prompt rendered once in the background (a few minutes on a first start with
+    Kokoro, a second later), with a progress bar when a person is watching the terminal. `stop()`
+    at shutdown: native synthesis still running while the interpreter exits aborts the process."""
 
-    def warm() -> None:
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._warm, name="tts-warmup", daemon=True)
+        self.thread.start()
+
+    def _warm(self) -> None:
+        from runtime.cli_voice import warm_prompts
+
         try:
-            voices = runtime.voice.tts
+            voices = self.runtime.voice.tts
             if voices.local:
-                warm_prompts(runtime.settings, voices, sys.stderr if sys.stderr.isatty() else None)
+                warm_prompts(self.runtime.settings, voices, sys.stderr if sys.stderr.isatty() else None,
+                             self.stopping)
         except Exception:  # prompts are then made on first use: slower, never silent
             logging.getLogger(__name__).warning("could not render the prompts ahead of time", exc_info=True)
 
-    thread = threading.Thread(target=warm, name="tts-warmup", daemon=True)
-    thread.start()
-    return thread
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        self.runtime.voice.close()
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
@@ -80,10 +93,13 @@ def cmd_streams(args: argparse.Namespace) -> int:
     bind_runtime(runtime)  # conversation ids in logs match the web workers'; ASR metrics
     if runtime.voice.pool is None:  # load the recogniser before taking calls
         logging.getLogger(__name__).warning("no local recogniser: calls will be handed back to <Gather>")
-    _warm_voice_in_background(runtime)
+    warmup = _VoiceWarmup(runtime)
     server = MediaStreamServer(runtime, args.host or settings.host, args.port)
     logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", server.host, server.port)
-    server.run_forever()
+    try:
+        server.run_forever()
+    finally:
+        warmup.stop()
     return 0
 
 

