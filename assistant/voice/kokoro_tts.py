@@ -70,37 +70,28 @@ def parse_style_mix(spec: str, available: dict[str, np.ndarray]) -> np.ndarray:
 
 
 class ChinesePhonemes:
-    """misaki's Mandarin G2P for one phrase of Chinese characters (no digits, no punctuation), with
-    tone sandhi across the phrase when asked (你好 → ní hǎo, 不要 → bú yào), as people say it.
+    """misaki's Mandarin G2P for one phrase of Chinese characters (no digits, no punctuation), word by
+    word as misaki does. (Third-tone sandhi from pypinyin, 你好 → ní hǎo, was tried and changed
+    nothing measurable: bench/RESULTS.md.)
 
     A word the G2P cannot take (a rare character without pinyin) is skipped, never fatal."""
 
-    def __init__(self, tone_sandhi: bool = False) -> None:
+    def __init__(self) -> None:
         try:
             import jieba
             from misaki.zh import ZHG2P
-            from pypinyin import Style, lazy_pinyin
         except ImportError as exc:
             raise TtsUnavailable(f"misaki's Chinese front end is missing ({exc}); pip install -r requirements.txt") \
                 from exc
-        self._words, self._py2ipa = jieba.lcut, ZHG2P.py2ipa
-        self._pinyin = lambda text: lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True,
-                                                tone_sandhi=tone_sandhi)
+        self._words, self._ipa = jieba.lcut, ZHG2P.word2ipa
 
     def __call__(self, text: str) -> str:
-        syllables = self._pinyin(text)
-        if len(syllables) != len(text):  # pypinyin kept something whole: go word by word
-            syllables = [p for word in self._words(text, cut_all=False) for p in self._pinyin(word)]
-        out, i = [], 0
+        out = []
         for word in self._words(text, cut_all=False):
-            ipa = []
-            for pinyin in syllables[i : i + len(word)]:
-                try:
-                    ipa.append(self._py2ipa(pinyin).replace(chr(815), ""))
-                except Exception:  # noqa: BLE001 - misaki asserts on syllables it cannot map
-                    log.debug("no phonemes for %r in %r; skipped", pinyin, word)
-            i += len(word)
-            out.append("".join(ipa))
+            try:
+                out.append(self._ipa(word).replace(chr(815), ""))
+            except Exception:  # noqa: BLE001 - misaki asserts on syllables it cannot map
+                log.debug("no phonemes for %r; skipped", word)
         return " ".join(p for p in out if p)
 
 
@@ -117,7 +108,7 @@ class KokoroVoice(LocalVoice):
         with np.load(io.BytesIO(_data_file("voices_ja.npz"))) as npz:
             styles = {k: npz[k] for k in npz.files}
         self.style = parse_style_mix(settings.voice, styles).reshape(-1, 256)
-        self.phonemes = ChinesePhonemes(settings.tone_sandhi)
+        self.phonemes = ChinesePhonemes()
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, settings.threads)
         options.inter_op_num_threads = 1
@@ -138,8 +129,7 @@ class KokoroVoice(LocalVoice):
 
     @property
     def identity(self) -> str:
-        sandhi = "|sandhi" if self.settings.tone_sandhi else ""
-        return f"kokoro-v1.0-int8|{self.settings.voice}|{self.speed:g}|{self.max_pace:g}{sandhi}"
+        return f"kokoro-v1.0-int8|{self.settings.voice}|{self.speed:g}|{self.max_pace:g}"
 
     def render(self, text: str) -> np.ndarray:
         """One phrase. Kokoro hurries through a long clause (≈210 字/min at speed 0.85): a phrase

@@ -68,7 +68,6 @@ class TtsSettings:
     voice: str = "jm_kumo+jf_gongitsune"  # Kokoro style, or a mix "a+b" / "a:0.7+b:0.3"
     speed: float = 0.85  # Kokoro speed (1.0 = its natural pace)
     max_pace: float = 150  # 字/min inside a phrase (pauses not counted); a faster phrase is said again slower
-    tone_sandhi: bool = False  # Kokoro: 你好 → ní hǎo, 不要 → bú yào (chosen by tts-eval)
     threads: int = 2  # onnxruntime threads per synthesis
     concurrency: int = 1  # syntheses at once
     espeak_voice: str = "cmn-latn-pinyin"
@@ -91,8 +90,6 @@ class TtsSettings:
                 values[name] = kind(section[name])
         if values.get("engine") in ("espeak", "pyttsx3") and "voice" in values:
             values["espeak_voice"] = values.pop("voice")  # `voice:` names the espeak voice for those engines
-        if section.get("tone_sandhi") is not None:
-            values["tone_sandhi"] = bool(section["tone_sandhi"])
         values["pauses"] = Pauses.from_config(section.get("pauses"))
         say = dict(DEFAULT_SAY)
         for language, spec in (section.get("twilio") or {}).items():
