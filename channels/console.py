@@ -15,7 +15,6 @@ token. Pages are never cached and cannot be framed.
 """
 from __future__ import annotations
 
-import hmac
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -29,6 +28,7 @@ from assistant.dialogue.domain import Domain
 from backend.models import STATUS_LABELS_ZH
 from backend.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
 from backend.staff_queries import SECTIONS, form_slots_text
+from channels.boundary import safe_equal
 
 NAME = "console"
 COOKIE = "console_session"
@@ -106,7 +106,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         g.staff, g.csrf = active.staff, active.csrf_token
         if request.method == "POST":
             given = request.form.get("csrf_token", "")
-            if not given or not hmac.compare_digest(given, active.csrf_token):
+            if not safe_equal(given, active.csrf_token):
                 abort(403, "CSRF")
         return None
 
@@ -141,7 +141,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         if request.method == "GET":
             return login_form()
         cookie, given = request.cookies.get(LOGIN_COOKIE, ""), request.form.get("csrf_token", "")
-        if not cookie or not given or not hmac.compare_digest(cookie, given):
+        if not safe_equal(cookie, given):
             abort(403, "CSRF")
         result = directory.authenticate(request.form.get("username", ""), request.form.get("password", ""),
                                         request.remote_addr or "unknown")

@@ -18,7 +18,6 @@ POST /staff/api/tickets/<ref>/<action>                        action ∈ route a
 """
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from flask import Blueprint, g, jsonify, request
 
 from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
+from channels.boundary import int_arg, safe_equal
 
 NAME = "staff_api"
 ACTIONS = {"route", "accept", "start", "resolve", "reject", "reopen", "close"}
@@ -81,7 +81,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
             return None
         given = request.headers.get("Authorization", "")
         bearer = given[7:] if given.startswith("Bearer ") else ""
-        if token and bearer and hmac.compare_digest(bearer, token):
+        if token and bearer and safe_equal(bearer, token):
             g.staff = None  # the integration token: admin, unscoped
             return None
         active = staff.directory.session(bearer) if bearer else None
@@ -104,7 +104,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         status = [s for s in request.args.get("status", "").split(",") if s]
         views = desk.search(status=status or None, department=request.args.get("department") or None,
                           triage=request.args.get("triage") == "1",
-                          limit=min(500, int(request.args.get("limit", "100") or 100)))
+                          limit=int_arg(request.args, "limit", 100, 1, 500))
         if g.staff is not None:  # the role's scope, from the same SQL predicate the console uses
             allowed = set(staff.queries.ticket_references(g.staff, limit=5000))
             views = [v for v in views if v.reference in allowed]
