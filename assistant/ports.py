@@ -45,6 +45,10 @@ class CaseRequest:
     idempotency_key: str
     # The phone of whoever operated the conversation when it is not the subject (family proxy).
     submitted_by_phone: str | None = None
+    # A phone the channel proved belongs to the caller (caller ID on SMS/voice). Only when it is
+    # the subject's registered phone may the case change the stored resident; otherwise what
+    # differs is kept on the case as a correction for staff to confirm.
+    verified_phone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class CaseReceipt:
     category: str
     status: str
     created_at: datetime
+    # True: the same application was already open, this is that case (nothing new was filed).
+    # Its reference is then "" when the caller may not learn it (not verified, not the filer).
+    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,3 +115,8 @@ class ServiceBackend(Protocol):
     def progress(self, *, phone: str | None = None, reference: str | None = None) -> list[ProgressItem]: ...
 
     def find_resident(self, *, id_number: str | None = None, phone: str | None = None) -> ResidentRecord | None: ...
+
+    def identify(self, *, id_number: str, phone: str | None) -> ResidentRecord | None:
+        """The record for this ID number only when `phone` is that resident's registered phone;
+        None for an unknown ID and for another phone alike (an ID alone reveals nothing)."""
+        ...

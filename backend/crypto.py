@@ -18,7 +18,7 @@ import re
 import tempfile
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KEY_FILE = Path("var/keys.json")
 SM4_KEY_BYTES = 16
 INDEX_KEY_BYTES = 32
+AUDIT_KEY_BYTES = 32
 _BLOCK = 16
 _PURPOSE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -94,6 +95,10 @@ class KeyRing:
     # True when keys were generated into a local file: fine for one machine, not for production.
     is_development: bool = False
     source: str = field(default="env", compare=False)
+    # HMAC-SM3 keys of the audit chain (version -> key); every entry records the version it was
+    # linked with, so old versions stay loaded to verify old entries. See audit_key_versions().
+    audit_keys: Mapping[int, bytes] = field(default_factory=dict)
+    audit_active_version: int = 0  # 0: the highest loaded version
 
     def __post_init__(self) -> None:
         if self.active_version not in self.sm4_keys:
@@ -103,6 +108,20 @@ class KeyRing:
                 raise KeyConfigError(f"SM4 key version {version} must be 16 bytes")
         if len(self.index_key) < 16:
             raise KeyConfigError("INDEX_KEY must be at least 16 bytes")
+        for version, key in self.audit_keys.items():
+            if len(key) < 16 or version < 1:
+                raise KeyConfigError(f"audit key version {version} must be at least 16 bytes, version ≥ 1")
+        if self.audit_active_version and self.audit_active_version not in self.audit_key_versions()[0]:
+            raise KeyConfigError(f"active audit key version {self.audit_active_version} is not loaded")
+
+    def audit_key_versions(self) -> tuple[dict[int, bytes], int]:
+        """(version -> key, active version) for the audit chain.
+
+        Version 1 defaults to a key derived from INDEX_KEY, so a deployment that predates audit
+        keys links its chain with a secret (as secret as INDEX_KEY) without a configuration
+        change; AUDIT_KEYS / the key file's "audit_keys" override it and add versions."""
+        keys = {1: bytes.fromhex(hmac_sm3_hex(self.index_key, b"audit-chain-key\0v1")), **self.audit_keys}
+        return keys, self.audit_active_version or max(keys)
 
 
 def _parse_hex(value: str, what: str) -> bytes:
@@ -113,15 +132,36 @@ def _parse_hex(value: str, what: str) -> bytes:
 
 
 def _parse_sm4_keys(spec: str) -> dict[int, bytes]:
+    keys = _parse_versioned(spec, "SM4_KEYS", "SM4 key", "32 hex")
+    if not keys:
+        raise KeyConfigError("SM4_KEYS is empty")
+    return keys
+
+
+def _parse_versioned(spec: str, name: str, what: str, example: str) -> dict[int, bytes]:
     keys: dict[int, bytes] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         version, sep, hex_key = part.partition(":")
         if not sep or not version.strip().isdigit():
-            raise KeyConfigError("SM4_KEYS must look like '1:<32 hex>,2:<32 hex>'")
-        keys[int(version)] = _parse_hex(hex_key, f"SM4 key {version}")
-    if not keys:
-        raise KeyConfigError("SM4_KEYS is empty")
+            raise KeyConfigError(f"{name} must look like '1:<{example}>,2:<{example}>'")
+        keys[int(version)] = _parse_hex(hex_key, f"{what} {version}")
     return keys
+
+
+def _version_number(value: str, name: str) -> int:
+    value = value.strip()
+    if value and not value.isdigit():
+        raise KeyConfigError(f"{name} must be a version number")
+    return int(value) if value else 0
+
+
+def _with_audit_env(ring: KeyRing, env: Mapping[str, str]) -> KeyRing:
+    """AUDIT_KEYS / AUDIT_ACTIVE_KEY from the environment win over the key file's audit keys."""
+    spec, active = env.get("AUDIT_KEYS", ""), env.get("AUDIT_ACTIVE_KEY", "")
+    if not spec and not active:
+        return ring
+    keys = _parse_versioned(spec, "AUDIT_KEYS", "audit key", "64 hex") if spec else dict(ring.audit_keys)
+    return replace(ring, audit_keys=keys, audit_active_version=_version_number(active, "AUDIT_ACTIVE_KEY"))
 
 
 def _keyring_from_env(env: Mapping[str, str]) -> KeyRing:
@@ -150,6 +190,8 @@ def _new_key_file_content() -> str:
             "sm4_keys": {"1": os.urandom(SM4_KEY_BYTES).hex()},
             "active": 1,
             "index_key": os.urandom(INDEX_KEY_BYTES).hex(),
+            "audit_keys": {"1": os.urandom(AUDIT_KEY_BYTES).hex()},
+            "audit_active": 1,
         },
         indent=2,
     )
@@ -188,6 +230,9 @@ def _keyring_from_file(path: Path) -> KeyRing:
             index_key=_parse_hex(data["index_key"], "index_key"),
             is_development=True,
             source=str(path),
+            # Files written before audit keys existed have none: version 1 is then derived.
+            audit_keys={int(v): _parse_hex(k, f"audit key {v}") for v, k in (data.get("audit_keys") or {}).items()},
+            audit_active_version=int(data.get("audit_active") or 0),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KeyConfigError(f"key file {path} is malformed: {exc}") from None
@@ -196,8 +241,8 @@ def _keyring_from_file(path: Path) -> KeyRing:
 def load_keys(env: Mapping[str, str], key_file: Path = DEFAULT_KEY_FILE) -> KeyRing:
     """Keys from env (SM4_KEYS, SM4_ACTIVE_KEY, INDEX_KEY), else from the local key file."""
     if any(env.get(name) for name in ("SM4_KEYS", "SM4_ACTIVE_KEY", "INDEX_KEY")):
-        return _keyring_from_env(env)
-    return _keyring_from_file(key_file)
+        return _with_audit_env(_keyring_from_env(env), env)
+    return _with_audit_env(_keyring_from_file(key_file), env)
 
 
 # --- Cipher ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Engines, sessions and schema upgrades for SQLite (one machine) and Postgres (a city)."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from backend.private_files import create_private_file, ensure_private_dir, tighten
 
 DEFAULT_URL = "sqlite:///var/assistant.db"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +22,7 @@ SQLITE_BUSY_TIMEOUT_MS = 8_000
 PG_CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 5
 _UPGRADE_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def database_url(url: str | None = None) -> str:
@@ -31,6 +35,19 @@ def database_url(url: str | None = None) -> str:
     return url
 
 
+def secure_sqlite_file(database: str) -> None:
+    """The store file is personal data: created 0600 before SQLite opens it (SQLite gives the
+    -wal and -shm files the database file's mode), its folder 0700 when we create it, and an
+    older install's readable files tightened."""
+    path = Path(database)
+    ensure_private_dir(path.parent)
+    loose = [p.name for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal"))
+             if tighten(p)]
+    create_private_file(path)
+    if loose:
+        log.warning("database files %s were readable by other users; now owner-only (0600)", ", ".join(loose))
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Driver-level autocommit, so the "begin" hook below decides how transactions start.
     dbapi_connection.isolation_level = None
@@ -41,6 +58,9 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
         cur.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster
         cur.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows (purged cases, replaced keys) are zeroed on disk, not left in free pages;
+        # Debian's SQLite does this by default, other builds do not.
+        cur.execute("PRAGMA secure_delete=ON")
     finally:
         cur.close()
 
@@ -58,7 +78,7 @@ def make_engine(url: str | None = None, *, long_running: bool = False, **kwargs:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            secure_sqlite_file(database)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)

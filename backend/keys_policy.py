@@ -41,6 +41,9 @@ def key_problems(keyring: KeyRing) -> list[str]:
         problems.append("two SM4 key versions have the same key")
     if _looks_like_test_key(keyring.index_key):
         problems.append("INDEX_KEY is a placeholder or test key")
+    for version, key in sorted(keyring.audit_keys.items()):
+        if _looks_like_test_key(key):
+            problems.append(f"audit key version {version} is a placeholder or test key")
     return problems
 
 

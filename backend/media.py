@@ -20,6 +20,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.private_files import ensure_private_dir
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/heic": "heic"}
@@ -224,8 +226,8 @@ class MediaStore:
         sha = hashlib.sha256(clean).hexdigest()
         path = self.path_for(sha, content_type)
         if not path.exists():  # same bytes, same file: a re-run stores nothing new
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            ensure_private_dir(path.parent)  # photos are personal data: folders 0700
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # file 0600, kept by replace
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(clean)

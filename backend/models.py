@@ -7,8 +7,11 @@ Alembic revision in backend/migrations/versions (tests compare the two).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import logging
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
@@ -18,6 +21,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Engine,
     Float,
     ForeignKey,
     Index,
@@ -34,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from backend.crypto import sm3_hex
+from backend.crypto import hmac_sm3_hex, sm3_hex
 
 ZERO_HASH = "0" * 64
 
@@ -152,7 +156,19 @@ class CaseColumns(Timestamps):
     submitted_by_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # proxy phone
     channel: Mapped[str] = mapped_column(String(32))
     sender_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # Always idempotency_digest(...) of the caller's key: raw keys name the sender (an SMS
+    # sender is a phone number), and this column is neither encrypted nor masked.
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+IDEMPOTENCY_PREFIX = "k1:"
+
+
+def idempotency_digest(cipher: Any, key: str) -> str:
+    """What is stored for an idempotency key: a keyed SM3 hash (the blind index of purpose
+    "idempotency"), so equal keys still meet but the column never holds a phone or an ID.
+    The prefix tells these from the `legacy:<id>` keys migration 0007 left on older rows."""
+    return IDEMPOTENCY_PREFIX + cipher.blind_index(key, "idempotency")
 
 
 class Application(CaseColumns, Base):
@@ -347,7 +363,11 @@ class StatusEvent(Base):
 # --- Audit chain -------------------------------------------------------------------------------
 class AuditEntry(Base):
     """Append-only; each row's hash covers the previous row's hash, so an edited, deleted or
-    reordered row breaks the chain from that row on."""
+    reordered row breaks the chain from that row on.
+
+    key_version 0: legacy plain SM3 link (rows written before audit keys; anyone can recompute
+    them, so they are accepted only as the chain's prefix). key_version ≥ 1: HMAC-SM3 link with
+    that version of the audit key, which a database writer without the key cannot forge."""
 
     __tablename__ = "audit_entries"
 
@@ -362,21 +382,67 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON, never personal data in clear
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    key_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    def compute_hash(self) -> str:
+    def compute_hash(self, keys: Mapping[int, bytes] | None = None) -> str:
+        """Raises AuditKeyMissing for a keyed entry whose key version is not loaded."""
         return entry_hash({"id": self.id, "at": self.at, "actor": self.actor, "action": self.action,
                            "entity_type": self.entity_type, "entity_id": self.entity_id, "detail": self.detail,
-                           "prev_hash": self.prev_hash})
+                           "prev_hash": self.prev_hash, "key_version": self.key_version or 0}, keys)
 
 
-def entry_hash(row: Mapping[str, Any]) -> str:
-    """SM3 over the previous hash and the entry's canonical JSON (its detail already canonical)."""
-    canonical = canonical_json({
+class AuditKeyMissing(LookupError):
+    """A keyed audit entry whose key version is not loaded: it cannot be checked."""
+
+
+def entry_hash(row: Mapping[str, Any], keys: Mapping[int, bytes] | None = None) -> str:
+    """The link of one entry: over the previous hash and the entry's canonical JSON (its detail
+    already canonical). Version 0: plain SM3 (legacy). Else HMAC-SM3 with that audit key, the
+    version itself inside the MAC so it cannot be swapped."""
+    version = int(row.get("key_version") or 0)
+    content = {
         "id": row["id"], "at": row["at"].astimezone(UTC).isoformat(timespec="microseconds"),
         "actor": row["actor"], "action": row["action"], "entity_type": row["entity_type"],
         "entity_id": row["entity_id"], "detail": row["detail"],
-    })
-    return sm3_hex((row["prev_hash"] + canonical).encode("utf-8"))
+    }
+    if version == 0:
+        return sm3_hex((row["prev_hash"] + canonical_json(content)).encode("utf-8"))
+    key = (keys or {}).get(version)
+    if key is None:
+        raise AuditKeyMissing(version)
+    message = "audit-entry\0" + row["prev_hash"] + canonical_json({**content, "key_version": version})
+    return hmac_sm3_hex(key, message.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class AuditBinding:
+    """Audit keys (and an optional checkpoint hook) of one engine, set by backend.audit.bind."""
+
+    keys: Mapping[int, bytes]
+    active: int
+    # Called after commit with (last_id, last_hash) of a committed append, at most every
+    # `interval` seconds per process (signed checkpoints outside the database).
+    on_commit: Callable[[int, str], None] | None = None
+    interval: float = 300.0
+    last_call: list[float] = field(default_factory=lambda: [float("-inf")], compare=False)
+
+
+# Keyed by engine, not global: tests and tools open several stores with different keys in one
+# process. An engine without a binding writes legacy (version 0) links.
+_AUDIT_BINDINGS: weakref.WeakKeyDictionary[Engine, AuditBinding] = weakref.WeakKeyDictionary()
+
+
+def bind_audit_keys(engine: Engine, binding: AuditBinding | None) -> None:
+    if binding is None:
+        _AUDIT_BINDINGS.pop(engine, None)
+    else:
+        _AUDIT_BINDINGS[engine] = binding
+
+
+def audit_binding(session: Session) -> AuditBinding | None:
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else getattr(bind, "engine", None)
+    return _AUDIT_BINDINGS.get(engine) if engine is not None else None
 
 
 class AuditHead(Base):
@@ -442,6 +508,9 @@ def append_audits(session: Session, at: datetime, entries: Sequence[Mapping[str,
     """Several entries under one take of the head lock (a unit of work's audits, in order)."""
     session.flush()  # the data these entries describe is written first (lock order data → head)
     conn = session.connection()
+    binding = audit_binding(session)
+    version = binding.active if binding is not None else 0
+    keys = binding.keys if binding is not None else None
     last_id, last_hash = conn.execute(_LOCK_HEAD).one()
     at = at.astimezone(UTC)
     rows, appended = [], []
@@ -449,24 +518,51 @@ def append_audits(session: Session, at: datetime, entries: Sequence[Mapping[str,
         last_id += 1
         row = {"id": last_id, "at": at, "actor": entry["actor"], "action": entry["action"],
                "entity_type": entry["entity_type"], "entity_id": entry["entity_id"],
-               "detail": canonical_json(dict(entry["detail"])), "prev_hash": last_hash}
-        last_hash = row["hash"] = entry_hash(row)
+               "detail": canonical_json(dict(entry["detail"])), "prev_hash": last_hash, "key_version": version}
+        last_hash = row["hash"] = entry_hash(row, keys)
         rows.append(row)
         appended.append(AppendedAudit(last_id, last_hash))
     if rows:
         conn.execute(_INSERT_ENTRY, rows)
         conn.execute(_MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
+        if binding is not None and binding.on_commit is not None \
+                and time.monotonic() - binding.last_call[0] >= binding.interval:
+            # Only a committed head may be signed: handed to the after_commit listener below.
+            session.info["audit_checkpoint"] = (binding, last_id, last_hash)
     return appended
 
 
-def verify_audit_chain(session: Session) -> int | None:
+@event.listens_for(Session, "after_commit")
+def _checkpoint_after_commit(session: Session) -> None:
+    pending = session.info.pop("audit_checkpoint", None)
+    if pending is None:
+        return
+    binding, last_id, last_hash = pending
+    binding.last_call[0] = time.monotonic()
+    try:
+        binding.on_commit(last_id, last_hash)
+    except Exception:  # the data is committed; a failed checkpoint must not fail the request
+        logging.getLogger(__name__).exception("could not write the audit checkpoint")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_checkpoint(session: Session) -> None:
+    session.info.pop("audit_checkpoint", None)
+
+
+def verify_audit_chain(session: Session, keys: Mapping[int, bytes] | None = None) -> int | None:
     """Id of the first broken entry, or None when the whole chain checks out.
 
-    Broken means: recomputed hash differs (edited), prev_hash does not match the previous row
-    or the id is not the next one (deleted or reordered), or the head disagrees with the last
-    row (tail deleted: the id returned is the first missing one).
+    Broken means: recomputed hash differs (edited, or re-chained with a wrong key), the entry's
+    key version is not loaded, a legacy (version 0) entry follows a keyed one (re-chained with
+    plain SM3), prev_hash does not match the previous row or the id is not the next one
+    (deleted or reordered), or the head disagrees with the last row (tail deleted: the id
+    returned is the first missing one). `keys` default to the engine's binding.
     """
-    expected_id, expected_prev = 1, ZERO_HASH
+    if keys is None:
+        binding = audit_binding(session)
+        keys = binding.keys if binding is not None else {}
+    expected_id, expected_prev, keyed = 1, ZERO_HASH, False
     result = session.execute(
         select(AuditEntry)
         .order_by(AuditEntry.id)
@@ -478,10 +574,12 @@ def verify_audit_chain(session: Session) -> int | None:
             if (
                 entry.id != expected_id
                 or entry.prev_hash != expected_prev
-                or entry.hash != entry.compute_hash()
+                or (keyed and not entry.key_version)
+                or entry.key_version not in (0, *keys)
+                or entry.hash != entry.compute_hash(keys)
             ):
                 return min(entry.id, expected_id)
-            expected_id, expected_prev = entry.id + 1, entry.hash
+            expected_id, expected_prev, keyed = entry.id + 1, entry.hash, keyed or bool(entry.key_version)
     finally:
         result.close()  # may stop early: release the (server-side) cursor
     head = session.get(AuditHead, 1, populate_existing=True)

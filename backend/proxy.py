@@ -845,7 +845,7 @@ class ProxyAwareBackend:
         if not decision.allowed:
             raise ProxyNotAllowed(decision)
         receipt = self.inner.submit_case(request)
-        if decision.reason == "active":
+        if decision.reason == "active" and not receipt.duplicate:  # a duplicate filed nothing new
             self.proxies.record_submission(proxy_phone, senior, scope=scope, reference=receipt.reference,
                                            what=self.describe(request.category))
         return receipt

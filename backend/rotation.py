@@ -14,6 +14,10 @@ as long as both versions are loaded. A rotation is:
 4. When it reports nothing remaining (and a session TTL has passed, as Redis sessions are
    encrypted too), the old version may be removed from SM4_KEYS.
 
+The audit key (HMAC-SM3 links of the audit chain) rotates on its own: `keys rotate-audit` adds
+version N+1 and makes it active; entries keep the version they were linked with, so every
+version must stay loaded for `audit verify`.
+
 The blind-index key (INDEX_KEY) is not rotated here: changing it means rehashing every
 `*_hash` column from decrypted values, a separate job.
 """
@@ -32,7 +36,7 @@ from sqlalchemy import Column, Engine, MetaData, Row, Table, and_, func, inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from backend.crypto import SM4_KEY_BYTES, DecryptionError, FieldCipher, KeyConfigError, KeyRing
+from backend.crypto import AUDIT_KEY_BYTES, SM4_KEY_BYTES, DecryptionError, FieldCipher, KeyConfigError, KeyRing
 from backend.models import append_audit
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,30 @@ def activate_in_file(path: Path, version: int) -> None:
         raise KeyConfigError(f"SM4 key version {version} is not in {path}")
     data["active"] = version
     _write_atomically(path, json.dumps(data, indent=2))
+
+
+def add_audit_key_to_file(path: Path) -> int:
+    """A new audit key version in the key file, made active at once (nothing is re-encrypted:
+    old entries keep their version, and every version stays to verify them). Returns it."""
+    data = _read_key_file(path)
+    keys = {str(int(v)): k for v, k in (data.get("audit_keys") or {}).items()}
+    # Version 1 may be the one derived from INDEX_KEY (backend.crypto) and not in the file: it
+    # stays derivable, so new versions start at 2 either way.
+    version = max([1, *map(int, keys)]) + 1
+    keys[str(version)] = os.urandom(AUDIT_KEY_BYTES).hex()
+    data["audit_keys"], data["audit_active"] = keys, version
+    _write_atomically(path, json.dumps(data, indent=2))
+    return version
+
+
+def rotated_audit_env_lines(keyring: KeyRing) -> tuple[int, list[str]]:
+    """For keys kept in the environment: the new audit key version and the lines to set. The
+    derived version 1 is written out too, so the lines are complete on their own."""
+    keys, _ = keyring.audit_key_versions()
+    version = max(keys) + 1
+    keys = {**keys, version: os.urandom(AUDIT_KEY_BYTES)}
+    spec = ",".join(f"{v}:{k.hex()}" for v, k in sorted(keys.items()))
+    return version, [f"AUDIT_KEYS={spec}", f"AUDIT_ACTIVE_KEY={version}"]
 
 
 def env_lines(keys: Mapping[int, bytes], active: int) -> list[str]:

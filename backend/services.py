@@ -38,6 +38,7 @@ from backend.models import (
     StatusEvent,
     Ticket,
     append_audit,
+    idempotency_digest,
 )
 from backend.references import is_valid_reference, new_reference, reference_kind
 
@@ -56,6 +57,11 @@ PROGRESS_LIMIT = 5
 _RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 # Slots that describe the resident's home; copied onto the Resident for later prefill.
 _HOME_ADDRESS_SLOT = "address"
+# An application in one of these is still being handled: the same one again is a duplicate.
+OPEN_APPLICATION_STATUSES = ("submitted", "accepted", "in_review", "need_more_info")
+# Where a case keeps what the caller said that differs from the resident record (encrypted in
+# fields_enc) until staff confirm it: an unverified caller must not rewrite someone's record.
+PENDING_CORRECTION = "pending_correction"
 
 
 @dataclass(frozen=True)
@@ -232,36 +238,63 @@ class StoreBackend:
             candidates = [r for r in candidates if r.name_enc is None]
         return candidates[0] if len(candidates) == 1 else None
 
+    def _existing_resident(self, session: Session, person: Person) -> Resident | None:
+        """The stored resident a case is about: by ID number, else by phone (and name)."""
+        id_hash, phone_hash = self._hash(person.id_number, "id_number"), self._hash(person.phone, "phone")
+        resident = None
+        if id_hash:
+            resident = session.scalar(select(Resident).where(Resident.id_hash == id_hash))
+        if resident is None and phone_hash:
+            resident = self._match_by_phone(session, phone_hash, _clean(person.name), without_id=bool(id_hash))
+        return resident
+
+    def _verified_for(self, resident: Resident | None, verified_phone: str | None) -> bool:
+        """The caller proved to be this resident: their verified phone (caller ID, or a phone
+        proven by a one-time code) is the phone on record."""
+        verified_hash = self._hash(verified_phone, "phone")
+        return bool(resident is not None and verified_hash and resident.phone_hash == verified_hash)
+
     def _upsert_resident(
         self, session: Session, person: Person, address: str | None, now: datetime,
-        audits: list[dict[str, Any]],
+        audits: list[dict[str, Any]], *, verified_phone: str | None = None,
+        pending: dict[str, str] | None = None,
     ) -> Resident | None:
+        """Creates or updates the resident. An existing resident's stored values are changed
+        only by that verified resident; anyone else fills blanks at most, and what they said
+        differently goes to `pending` (kept on the case for staff to confirm)."""
         id_number, phone, name = _clean(person.id_number), _clean(person.phone), _clean(person.name)
         id_hash = self._hash(id_number, "id_number")
         phone_hash = self._hash(phone, "phone")
         if not id_hash and not phone_hash:
             return None  # nothing stable to find this person by again
-        resident = None
-        if id_hash:
-            resident = session.scalar(select(Resident).where(Resident.id_hash == id_hash))
-        if resident is None and phone_hash:
-            resident = self._match_by_phone(session, phone_hash, name, without_id=bool(id_hash))
+        resident = self._existing_resident(session, person)
         created = resident is None
+        trusted = created or self._verified_for(resident, verified_phone)
         if resident is None:
             resident = Resident(created_at=now, updated_at=now)
             session.add(resident)
         changed: list[str] = []
-        if id_number and id_hash and resident.id_hash != id_hash:
+
+        def may_set(slot: str, value: str, stored: object) -> bool:
+            if trusted or stored is None:
+                return True
+            if pending is not None:
+                pending[slot] = value
+            return False
+
+        if id_number and id_hash and resident.id_hash != id_hash and may_set("id_number", id_number, resident.id_hash):
             resident.id_hash, resident.id_enc = id_hash, self._cipher.encrypt(id_number)
             resident.birth_date, resident.gender = _id_facts(id_number)
             changed.append("id_number")
-        if phone and phone_hash and resident.phone_hash != phone_hash:
+        if phone and phone_hash and resident.phone_hash != phone_hash and may_set("phone", phone, resident.phone_hash):
             resident.phone_hash, resident.phone_enc = phone_hash, self._cipher.encrypt(phone)
             changed.append("phone")
-        if name and self._cipher.decrypt(resident.name_enc) != name:
+        stored_name = self._cipher.decrypt(resident.name_enc)
+        if name and stored_name != name and may_set("name", name, stored_name):
             resident.name_enc = self._cipher.encrypt(name)
             changed.append("name")
-        if address and self._cipher.decrypt(resident.address_enc) != address:
+        stored_address = self._cipher.decrypt(resident.address_enc)
+        if address and stored_address != address and may_set("address", address, stored_address):
             resident.address_enc = self._cipher.encrypt(address)
             changed.append("address")
         if changed:
@@ -285,20 +318,28 @@ class StoreBackend:
             raise ValueError(f"unknown case kind {request.kind!r}") from None
         model = CASE_MODELS[entity_type]
         actor = f"resident:{request.channel}"[:64]
+        key = idempotency_digest(self._cipher, request.idempotency_key)
+        sender_hash = self._hash(request.sender_id, "sender") or ""
 
         def work(session: Session) -> CaseReceipt:
-            existing = session.scalar(
-                select(model).where(model.idempotency_key == request.idempotency_key)
-            )
+            existing = session.scalar(select(model).where(model.idempotency_key == key))
             if existing is not None:
                 return self._receipt(existing)
             now = self._now()
+            if request.kind == "application":
+                duplicate = self._open_duplicate(session, request, sender_hash, now)
+                if duplicate is not None:
+                    return duplicate
             fields = dict(request.fields)
             home = fields.get(_HOME_ADDRESS_SLOT) if entity_type != "ticket" else None
             audits: list[dict[str, Any]] = []
+            pending: dict[str, str] = {}
             resident = self._upsert_resident(
-                session, request.subject, home if isinstance(home, str) else None, now, audits
+                session, request.subject, home if isinstance(home, str) else None, now, audits,
+                verified_phone=request.verified_phone, pending=pending,
             )
+            if pending:
+                fields[PENDING_CORRECTION] = pending
             status = STATUSES[entity_type][0]
             common: dict[str, Any] = {
                 "reference": new_reference(request.kind),
@@ -308,8 +349,8 @@ class StoreBackend:
                 or (resident.phone_hash if resident else None),
                 "submitted_by_hash": self._hash(request.submitted_by_phone, "phone"),
                 "channel": request.channel,
-                "sender_hash": self._hash(request.sender_id, "sender") or "",
-                "idempotency_key": request.idempotency_key,
+                "sender_hash": sender_hash,
+                "idempotency_key": key,
                 "created_at": now,
                 "updated_at": now,
                 "category": request.category,
@@ -346,6 +387,8 @@ class StoreBackend:
                         "category": request.category,
                         "channel": request.channel,
                         "slots": sorted(request.fields),
+                        # which fields wait for staff, never their values
+                        **({PENDING_CORRECTION: sorted(pending)} if pending else {}),
                     },
                 }
             )
@@ -357,13 +400,47 @@ class StoreBackend:
 
         return self._transaction(work)
 
+    def _open_duplicate(
+        self, session: Session, request: CaseRequest, sender_hash: str, now: datetime
+    ) -> CaseReceipt | None:
+        """The same application of the same resident, still open: answered with that case
+        instead of a second one. Its reference is told only to whoever may know it (the
+        verified resident, or the sender who filed it); anyone else hears that it exists.
+        Only an ID number says "the same resident": a shared phone may be a spouse's."""
+        id_hash = self._hash(request.subject.id_number, "id_number")
+        resident = session.scalar(select(Resident).where(Resident.id_hash == id_hash)) if id_hash else None
+        if resident is None:
+            return None
+        row = session.scalar(
+            select(Application)
+            .where(Application.resident_id == resident.id, Application.category == request.category,
+                   Application.status.in_(OPEN_APPLICATION_STATUSES))
+            .order_by(Application.id.desc())
+            .limit(1)
+        )
+        if row is None:
+            return None
+        disclosed = row.sender_hash == sender_hash or self._verified_for(resident, request.verified_phone)
+        append_audit(
+            session,
+            at=now,
+            actor=f"resident:{request.channel}"[:64],
+            action="read",
+            entity_type="application",
+            entity_id=row.id,
+            detail={"by": "duplicate_check", "category": request.category, "disclosed": disclosed},
+        )
+        receipt = self._receipt(row)
+        return CaseReceipt(reference=receipt.reference if disclosed else "", kind=receipt.kind,
+                           category=receipt.category, status=receipt.status, created_at=receipt.created_at,
+                           duplicate=True)
+
     def create_handoff(self, request: HandoffRequest) -> CaseReceipt:
         actor = f"resident:{request.channel}"[:64]
+        key = idempotency_digest(self._cipher, request.idempotency_key)
 
         def work(session: Session) -> CaseReceipt:
-            existing = session.scalar(
-                select(Handoff).where(Handoff.idempotency_key == request.idempotency_key)
-            )
+            existing = session.scalar(select(Handoff).where(Handoff.idempotency_key == key))
             if existing is not None:
                 return self._receipt(existing)
             now = self._now()
@@ -381,7 +458,7 @@ class StoreBackend:
                 phone_hash=phone_hash,
                 channel=request.channel,
                 sender_hash=self._hash(request.sender_id, "sender") or "",
-                idempotency_key=request.idempotency_key,
+                idempotency_key=key,
                 reason=request.reason,
                 urgent=request.urgent,
                 transcript_enc=self._cipher.encrypt_json([list(t) for t in request.transcript]),
@@ -488,23 +565,98 @@ class StoreBackend:
                 entity_id=resident.id if resident else None,
                 detail={"by": by, "found": resident is not None},
             )
-            if resident is None:
-                return None
-            extra: dict[str, Any] = {}
-            if resident.gender:
-                extra["gender"] = resident.gender
-            resident_phone = self._cipher.decrypt(resident.phone_enc)
-            if resident_phone:
-                extra["phone_masked"] = mask_phone(resident_phone)  # enough to confirm by voice
-            return ResidentRecord(
-                name=self._cipher.decrypt(resident.name_enc),
-                birth_date=resident.birth_date,
-                address=self._cipher.decrypt(resident.address_enc),
-                grid_id=resident.grid_id,
-                extra=extra,
-            )
+            return None if resident is None else self._record(resident)
 
         return self._transaction(work)
+
+    def _record(self, resident: Resident) -> ResidentRecord:
+        extra: dict[str, Any] = {}
+        if resident.gender:
+            extra["gender"] = resident.gender
+        resident_phone = self._cipher.decrypt(resident.phone_enc)
+        if resident_phone:
+            extra["phone_masked"] = mask_phone(resident_phone)  # enough to confirm by voice
+        return ResidentRecord(
+            name=self._cipher.decrypt(resident.name_enc),
+            birth_date=resident.birth_date,
+            address=self._cipher.decrypt(resident.address_enc),
+            grid_id=resident.grid_id,
+            extra=extra,
+        )
+
+    def identify(self, *, id_number: str, phone: str | None) -> ResidentRecord | None:
+        """The record of the resident with this ID number, only when `phone` (a caller ID or a
+        phone proven by a one-time code) is that resident's registered phone. None otherwise,
+        the same for an unknown ID and for another phone: an ID number alone reveals nothing."""
+        id_hash, phone_hash = self._hash(id_number, "id_number"), self._hash(phone, "phone")
+        if id_hash is None or phone_hash is None:
+            return None
+
+        def work(session: Session) -> ResidentRecord | None:
+            resident = session.scalar(select(Resident).where(Resident.id_hash == id_hash))
+            verified = resident is not None and resident.phone_hash == phone_hash
+            append_audit(
+                session,
+                at=self._now(),
+                actor="assistant",
+                action="read",
+                entity_type="resident",
+                entity_id=resident.id if resident is not None and verified else None,
+                detail={"by": "id_number+phone", "found": verified},
+            )
+            return self._record(resident) if resident is not None and verified else None
+
+        return self._transaction(work)
+
+    def confirm_correction(self, reference: str, actor: str) -> list[str]:
+        """Staff accept what a caller said differently from the resident record (held on the
+        case as a pending correction): the record takes it and the case no longer holds it.
+        Returns the fields changed (empty when nothing was pending)."""
+
+        def work(session: Session) -> list[str]:
+            row = self._find_by_reference(session, reference, lock=True)
+            if row is None or isinstance(row, Handoff):
+                raise LookupError(f"no case with reference {reference}")
+            fields = dict(self._cipher.decrypt_json(row.fields_enc) or {})
+            pending = fields.pop(PENDING_CORRECTION, None) or {}
+            resident = session.get(Resident, row.resident_id) if row.resident_id else None
+            if not pending or resident is None:
+                return []
+            now = self._now()
+            audits: list[dict[str, Any]] = []
+            person = Person(name=pending.get("name"), id_number=pending.get("id_number"),
+                            phone=pending.get("phone"))
+            changed = self._apply_to_resident(resident, person, pending.get("address"))
+            row.fields_enc = self._cipher.encrypt_json(fields)
+            row.updated_at = now
+            if changed:
+                resident.updated_at = now
+            session.flush()
+            audits.append({"action": "update", "entity_type": "resident", "entity_id": resident.id,
+                           "detail": {"fields": changed, "reference": reference, "by": "staff_confirmed"}})
+            for audit in audits:
+                append_audit(session, at=now, actor=actor[:64], **audit)
+            return changed
+
+        return self._transaction(work)
+
+    def _apply_to_resident(self, resident: Resident, person: Person, address: str | None) -> list[str]:
+        changed: list[str] = []
+        id_number, phone, name = _clean(person.id_number), _clean(person.phone), _clean(person.name)
+        if id_number:
+            resident.id_hash, resident.id_enc = self._hash(id_number, "id_number"), self._cipher.encrypt(id_number)
+            resident.birth_date, resident.gender = _id_facts(id_number)
+            changed.append("id_number")
+        if phone:
+            resident.phone_hash, resident.phone_enc = self._hash(phone, "phone"), self._cipher.encrypt(phone)
+            changed.append("phone")
+        if name:
+            resident.name_enc = self._cipher.encrypt(name)
+            changed.append("name")
+        if address:
+            resident.address_enc = self._cipher.encrypt(address)
+            changed.append("address")
+        return changed
 
     # --- staff side ------------------------------------------------------------------------
     def set_status(

@@ -170,8 +170,12 @@ class EncryptedSessionStore:
         self.inner = inner
         self.cipher = cipher
 
+    def _key(self, key: str) -> str:
+        # Keys carry phone numbers ("sms:+86137…"); Redis sees only their keyed hash.
+        return "h:" + self.cipher.blind_index(key, "session_key")
+
     def load(self, key: str) -> dict[str, Any] | None:
-        stored = self.inner.load(key)
+        stored = self.inner.load(self._key(key))
         if stored is None:
             return None
         try:
@@ -181,13 +185,13 @@ class EncryptedSessionStore:
             return None
 
     def save(self, key: str, state: dict[str, Any], ttl_seconds: int) -> None:
-        self.inner.save(key, {"sealed": self.cipher.encrypt_json(state)}, ttl_seconds)
+        self.inner.save(self._key(key), {"sealed": self.cipher.encrypt_json(state)}, ttl_seconds)
 
     def delete(self, key: str) -> None:
-        self.inner.delete(key)
+        self.inner.delete(self._key(key))
 
     def lock(self, key: str, timeout_seconds: float = 10.0) -> AbstractContextManager[None]:
-        return self.inner.lock(key, timeout_seconds)
+        return self.inner.lock(self._key(key), timeout_seconds)
 
 
 def make_session_store(

@@ -121,6 +121,7 @@ class LoginResult:
     staff: Staff | None = None
     session_token: str | None = None
     csrf_token: str | None = None
+    username: str | None = None  # the account, when locked (the answer says how to unlock it)
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,17 @@ class StaffDirectory:
 
     # --- login -----------------------------------------------------------------------------------
     def authenticate(self, username: str, password: str, source: str) -> LoginResult:
-        """Checks a login and opens a session on success. Refused while the account is locked
-        (N failures in a row) or the source address has failed too often lately."""
+        """Checks a login and opens a session on success.
+
+        Two limits, chosen so that failures on other (or made-up) accounts can never keep a
+        member of staff with the right password out:
+        - per account: `max_failed_logins` wrong passwords in a row lock that account for
+          `lockout_minutes` (only failures on the account itself count; `staff unlock` ends it);
+        - per source address: after `source_max_failures` failures within the window, further
+          *failed* attempts from there are answered "throttled" and no longer audited one by one
+          (a flood must not grow the chain). The password is still checked, so a correct
+          password for an account that is not itself locked logs in from a throttled source.
+        Guessing stays bounded by the per-account lockout whatever the number of sources."""
         username = (username or "").strip().lower()[:64]
         source_hash = self._cipher.blind_index(source or "unknown", "staff_login_source")
         policy = self.policy
@@ -262,27 +272,28 @@ class StaffDirectory:
             session.execute(delete(StaffSession).where(StaffSession.expires_at <= now))  # housekeeping
             recent = session.scalar(select(func.count()).select_from(StaffLoginFailure)
                                     .where(StaffLoginFailure.source_hash == source_hash)) or 0
-            if recent >= policy.source_max_failures:
-                # Not audited: the failures that led here were, and a flood must not grow the chain.
-                return LoginResult("throttled")
+            flooding = recent >= policy.source_max_failures
             user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
             if user is not None and user.locked_until is not None and user.locked_until > now:
-                append_audit(session, at=now, actor="console", action="login", entity_type="staff_user",
-                             entity_id=user.id, detail={"outcome": "locked"})
-                return LoginResult("locked")
+                if not flooding:
+                    append_audit(session, at=now, actor="console", action="login", entity_type="staff_user",
+                                 entity_id=user.id, detail={"outcome": "locked"})
+                return LoginResult("locked", username=user.username)
             valid = self._verify(user.password_hash if user else self._dummy_hash, password or "")
             if user is None or not valid or not user.active:
-                session.add(StaffLoginFailure(source_hash=source_hash, at=now))
-                outcome = "invalid"
+                if not flooding:  # past the limit the source stays throttled until its rows age out
+                    session.add(StaffLoginFailure(source_hash=source_hash, at=now))
+                outcome = "throttled" if flooding else "invalid"
                 if user is not None:
                     user.failed_logins += 1
                     if user.failed_logins >= policy.max_failed_logins:
                         user.locked_until = now + timedelta(minutes=policy.lockout_minutes)
                         user.failed_logins = 0
                         outcome = "locked"
-                append_audit(session, at=now, actor="console", action="login", entity_type="staff_user",
-                             entity_id=user.id if user else None, detail={"outcome": f"failed:{outcome}"})
-                return LoginResult(outcome)
+                if outcome != "throttled":  # a lockout is a state change: always audited
+                    append_audit(session, at=now, actor="console", action="login", entity_type="staff_user",
+                                 entity_id=user.id if user else None, detail={"outcome": f"failed:{outcome}"})
+                return LoginResult(outcome, username=user.username if outcome == "locked" and user else None)
             user.failed_logins, user.locked_until = 0, None
             if self._hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = self._hasher.hash(password)
@@ -292,10 +303,26 @@ class StaffDirectory:
                                      expires_at=now + timedelta(hours=policy.session_max_hours)))
             staff = to_staff(user)
             append_audit(session, at=now, actor=staff.actor, action="login", entity_type="staff_user",
-                         entity_id=user.id, detail={"outcome": "ok"})
-            return LoginResult("ok", staff, token, csrf)
+                         entity_id=user.id, detail={"outcome": "ok", **({"source": "throttled"} if flooding else {})})
+            return LoginResult("ok", staff, token, csrf, username=user.username)
 
         return self._run(work)
+
+    def unlock(self, username: str, *, actor: str) -> None:
+        """Ends a lockout (and the count towards the next one) before its time: `staff unlock`."""
+        username = (username or "").strip().lower()
+
+        def work(session: Session) -> None:
+            user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
+            if user is None:
+                raise LookupError(username)
+            now = self.now()
+            was_locked = user.locked_until is not None and user.locked_until > now
+            user.failed_logins, user.locked_until, user.updated_at = 0, None, now
+            append_audit(session, at=now, actor=actor[:64], action="update", entity_type="staff_user",
+                         entity_id=user.id, detail={"unlocked": True, "was_locked": was_locked})
+
+        self._run(work)
 
     def session(self, token: str | None) -> ActiveSession | None:
         """The live session of a cookie token (refreshing its idle timer), or None."""

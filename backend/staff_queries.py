@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +66,7 @@ class HandoffRow:
     form_name: str | None
     taken_by: str | None
     created_at: datetime
+    silent: bool = False  # the caller never answered: handed over after silence, not on request
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,11 @@ class StaffQueries:
             stmt = stmt.where(Handoff.status != "closed")
         with self._sessions() as session:
             rows = session.scalars(stmt.order_by(Handoff.urgent.desc(), Handoff.created_at).limit(limit)).all()
+            # The transcript is decrypted only to tell silence from a request; it is not shown here.
             return [HandoffRow(h.reference, h.status, h.reason, h.urgent, h.channel, h.form_name, h.taken_by,
-                               h.created_at) for h in rows]
+                               h.created_at, handed_over_in_silence(
+                                   h.reason, self._cipher.decrypt_json(h.transcript_enc) or []))
+                    for h in rows]
 
     def can_see_handoff(self, staff: Staff, reference: str) -> bool:
         with self._sessions() as session:
@@ -277,3 +281,70 @@ def form_slots_text(slots: Any) -> list[tuple[str, str]]:
     if not isinstance(slots, dict):
         return []
     return [(str(k), v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)) for k, v in slots.items()]
+
+
+# --- transcripts as staff read them ---------------------------------------------------------------
+SILENCE_ZH = "（没有说话）"
+PHONE_CHANNELS = frozenset({"twilio_voice", "phone", "voice"})
+# Payloads a key or a button sends instead of words ("/affirm" when 1 is pressed or 对 tapped).
+PAYLOAD_LABELS_ZH = {"affirm": "确认", "deny": "不对", "request_human": "转人工", "repeat": "重听",
+                     "cancel": "返回", "goodbye": "结束", "greet": "问候", "family_proxy": "家属代办",
+                     "emergency": "紧急求助", "out_of_scope": "其他"}
+_PAYLOAD_RE = re.compile(r"^/([A-Za-z_][A-Za-z0-9_]*)(\{.*\})?$", re.S)
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    role: str  # user / bot
+    text: str
+    label: bool = False  # text is our description (a key, a button, silence), not their words
+
+
+def payload_label(text: str, channel: str, labels: Mapping[str, Mapping[Any, str]] | None = None) -> str | None:
+    """"（按键：确认）" for a payload sent by a key or a button; None for words."""
+    match = _PAYLOAD_RE.match(text.strip())
+    if match is None:
+        return None
+    labels = labels or {}
+    intent, entities = match.group(1), match.group(2)
+    parts = [PAYLOAD_LABELS_ZH.get(intent) or labels.get("category", {}).get(intent) or intent]
+    try:
+        values = json.loads(entities) if entities else {}
+    except ValueError:
+        values = {}
+    if isinstance(values, dict):
+        parts += [str(labels.get(name, {}).get(value, value)) for name, value in values.items()]
+    how = "按键" if channel in PHONE_CHANNELS else "按钮"
+    return f"（{how}：{' · '.join(parts)}）"
+
+
+def transcript_lines(transcript: Any, channel: str,
+                     labels: Mapping[str, Mapping[Any, str]] | None = None) -> list[TranscriptLine]:
+    """The conversation for the handoff screen: the person's words as said, a key or button as
+    what it meant, a silent turn as "（没有说话）"."""
+    lines = []
+    for role, text in transcript or ():
+        text = str(text or "")
+        if role != "user":
+            lines.append(TranscriptLine(role, text))
+        elif not text.strip():
+            lines.append(TranscriptLine(role, SILENCE_ZH, label=True))
+        elif (described := payload_label(text, channel, labels)) is not None:
+            lines.append(TranscriptLine(role, described, label=True))
+        else:
+            lines.append(TranscriptLine(role, text))
+    return lines
+
+
+def handed_over_in_silence(reason: str, transcript: Any) -> bool:
+    """True when a "user_request" handoff came from the phone line giving up on a silent caller
+    (no input → "/request_human"), not from the person asking: the turn before it was silence.
+    (Silence at a phone menu never reaches the transcript; channels/phone_call.py would have to
+    say so for that case.)"""
+    if reason != "user_request":
+        return False
+    said = [str(text or "").strip() for role, text in transcript or () if role == "user"]
+    if not said or said[-1] != "/request_human":
+        return False
+    before = said[:-1]
+    return bool(before) and before[-1] == ""

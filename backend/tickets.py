@@ -40,7 +40,7 @@ from backend.crypto import FieldCipher
 from backend.gazetteer import Gazetteer, Location, ServiceArea, distance_m
 from backend.jobs import PermanentJobError, enqueue_in
 from backend.media import MediaError, MediaPolicy, MediaStore
-from backend.models import STATUS_LABELS_ZH, StatusEvent, Ticket, TicketMedia, append_audits
+from backend.models import STATUS_LABELS_ZH, StatusEvent, Ticket, TicketMedia, append_audits, idempotency_digest
 from backend.ocr import TextReader
 from backend.outbox import Outbox
 from backend.references import is_valid_reference, new_reference
@@ -451,7 +451,8 @@ class TicketDesk:
         conn = unit.session.connection()
         ticket_id = conn.execute(_INSERT_TICKET, {
             "reference": reference, "status": "received", "phone_hash": phone_hash, "channel": "sms",
-            "sender_hash": phone_hash, "idempotency_key": idempotency_key[:200], "category": "photo_report",
+            "sender_hash": phone_hash, "idempotency_key": idempotency_digest(self._cipher, idempotency_key),
+            "category": "photo_report",
             "description_enc": self._cipher.encrypt(body[: self.settings.max_text_chars] or None),
             "contact_enc": self._cipher.encrypt(phone), "intake_until": intake_until,
             "created_at": unit.now, "updated_at": unit.now,
@@ -478,7 +479,7 @@ class TicketDesk:
         ticket = Ticket(
             # A reference already taken fails the insert; run() then starts over with a new one.
             reference=new_reference("ticket"), status="received", phone_hash=phone_hash,
-            channel=channel, sender_hash=phone_hash or "", idempotency_key=idempotency_key[:200],
+            channel=channel, sender_hash=phone_hash or "", idempotency_key=idempotency_digest(self._cipher, idempotency_key),
             category=category, description_enc=self._cipher.encrypt(description or None),
             contact_enc=self._cipher.encrypt(contact) if contact else None,
             created_at=unit.now, updated_at=unit.now, **extra,
@@ -545,7 +546,8 @@ class TicketDesk:
             raise LookupError(service_code)
 
         def work(unit: UnitOfWork) -> str:
-            existing = unit.session.scalar(select(Ticket).where(Ticket.idempotency_key == idempotency_key))
+            existing = unit.session.scalar(select(Ticket).where(
+                Ticket.idempotency_key == idempotency_digest(self._cipher, idempotency_key)))
             if existing is not None:
                 return existing.reference
             phone_hash = self.phone_hash(phone) if phone else None

@@ -27,7 +27,13 @@ from werkzeug.exceptions import HTTPException
 from assistant.dialogue.domain import Domain
 from backend.models import STATUS_LABELS_ZH
 from backend.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
-from backend.staff_queries import SECTIONS, form_slots_text
+from backend.staff_queries import (
+    SECTIONS,
+    SILENCE_ZH,
+    form_slots_text,
+    handed_over_in_silence,
+    transcript_lines,
+)
 from channels.boundary import safe_equal
 
 NAME = "console"
@@ -45,12 +51,15 @@ RULES_ZH = {"no_water": "长时间未用水", "electricity_drop": "用电骤降"
             "gas_leak": "燃气泄漏", "heart_rate": "心率异常", "sensor_offline": "设备离线"}
 CHANNELS_ZH = {"twilio_voice": "电话", "phone": "电话", "voice": "电话", "sms": "短信", "twilio_sms": "短信",
                "rest": "网页", "kiosk": "自助机", "terminal": "终端", "open311": "网上报事"}
-REASONS_ZH = {"user_request": "居民要求", "emergency": "紧急情况", "misunderstood": "多次没听懂"}
+REASONS_ZH = {"user_request": "居民要求", "emergency": "紧急情况", "misunderstood": "多次没听懂",
+              "no_input": SILENCE_ZH}
 GRANT_STATUS_ZH = {"pending_consent": "等老人同意", "active": "有效", "revoked": "已取消", "expired": "已过期",
                    "declined": "老人不同意"}
 LOGIN_MESSAGES = {"invalid": ("用户名或密码不对，请再试一次。", 401),
-                  "locked": ("密码错误次数太多，账号已暂时锁定，请15分钟后再试，或联系管理员。", 423),
-                  "throttled": ("登录尝试太频繁，请稍后再试。", 429)}
+                  "locked": ("密码错误次数太多，账号已暂时锁定。请{minutes}分钟后再试，"
+                             "或请管理员运行 python -m assistant staff unlock {username} 解锁。", 423),
+                  "throttled": ("这台电脑登录失败的次数太多。请仔细核对用户名和密码后再试；"
+                                "仍然不行，请联系管理员。", 429)}
 
 
 def make_blueprint(runtime: Any) -> Blueprint:
@@ -143,10 +152,12 @@ def make_blueprint(runtime: Any) -> Blueprint:
         cookie, given = request.cookies.get(LOGIN_COOKIE, ""), request.form.get("csrf_token", "")
         if not safe_equal(cookie, given):
             abort(403, "CSRF")
+        # remote_addr is the TCP peer, or the client named by a trusted proxy (channels/proxies.py).
         result = directory.authenticate(request.form.get("username", ""), request.form.get("password", ""),
                                         request.remote_addr or "unknown")
         if result.outcome != "ok" or result.session_token is None:
             message, status = LOGIN_MESSAGES[result.outcome]
+            message = message.format(minutes=directory.policy.lockout_minutes, username=result.username or "用户名")
             return login_form(message, status)
         response = redirect(url_for(f"{NAME}.home"), 303)
         response.set_cookie(COOKIE, result.session_token, httponly=True, samesite="Strict",
@@ -172,7 +183,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
     @bp.get("/handoffs")
     @section("handoffs")
     def handoffs():
-        return page("handoffs.html", rows=queries.handoffs(g.staff), reasons=REASONS_ZH, channels=CHANNELS_ZH,
+        return page("handoffs.html", rows=queries.handoffs(g.staff), reasons=REASONS_ZH, silence=SILENCE_ZH,
+                    channels=CHANNELS_ZH,
                     forms=domain.labels.get("category", {}))
 
     @bp.get("/handoffs/<reference>")
@@ -184,7 +196,11 @@ def make_blueprint(runtime: Any) -> Blueprint:
         if case is None:
             abort(404)
         slots = [(slot_labels.get(k, k), v) for k, v in form_slots_text(case.fields.get("form_slots"))]
-        return page("handoff.html", case=case, reasons=REASONS_ZH, slots=slots,
+        transcript = case.fields.get("transcript") or []
+        code = case.fields.get("reason") or case.category
+        reason = SILENCE_ZH if handed_over_in_silence(code, transcript) else REASONS_ZH.get(code, code)
+        return page("handoff.html", case=case, reason=reason, slots=slots,
+                    lines=transcript_lines(transcript, case.channel, domain.labels),
                     form_label=domain.label("category", case.fields.get("form_name") or ""))
 
     @bp.post("/handoffs/<reference>/<action>")
@@ -246,7 +262,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         return page("alerts.html", rows=rows, remaining=remaining, states=ALERT_STATES_ZH, levels=LEVELS_ZH, rules=RULES_ZH,
                     actions=ALERT_ACTIONS, now_iso=directory.now().isoformat())
 
-    @bp.post("/alerts/<int:alert_id>/<action>")
+    @bp.post("/alerts/<int(max=9223372036854775807):alert_id>/<action>")
     @section("alerts")
     def alert_action(alert_id: int, action: str):
         if action not in ALERT_ACTIONS or not queries.can_see_alert(g.staff, alert_id):
@@ -267,7 +283,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         return page("resident.html", resident=row, grants=grants, relations=RELATION_LABELS_ZH,
                     scopes=SCOPE_LABELS_ZH, grant_states=GRANT_STATUS_ZH)
 
-    @bp.get("/residents/<int:resident_id>")
+    @bp.get("/residents/<int(max=9223372036854775807):resident_id>")
     @section("residents")
     def resident(resident_id: int):
         row = queries.resident(g.staff, resident_id)
@@ -275,7 +291,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
             abort(404)
         return resident_page(row)
 
-    @bp.post("/residents/<int:resident_id>/reveal")
+    @bp.post("/residents/<int(max=9223372036854775807):resident_id>/reveal")
     @section("residents")
     def reveal(resident_id: int):
         row = queries.reveal_resident(g.staff, resident_id, (request.form.get("reason") or "").strip())
@@ -290,14 +306,14 @@ def make_blueprint(runtime: Any) -> Blueprint:
         return page("grants.html", grants=queries.grants(g.staff), relations=RELATION_LABELS_ZH,
                     scopes=SCOPE_LABELS_ZH, grant_states=GRANT_STATUS_ZH)
 
-    @bp.post("/grants/<int:grant_id>/revoke")
+    @bp.post("/grants/<int(max=9223372036854775807):grant_id>/revoke")
     @section("grants")
     def revoke(grant_id: int):
         if runtime.proxies is None or not queries.can_see_grant(g.staff, grant_id):
             abort(404)
         runtime.proxies.revoke(grant_id, by=g.staff.actor)
         back = request.form.get("back")
-        if back and back.isdigit():
+        if back and back.isascii() and back.isdigit() and len(back) <= 18:
             return redirect(url_for(f"{NAME}.resident", resident_id=int(back)), 303)
         return redirect(url_for(f"{NAME}.grants"), 303)
 

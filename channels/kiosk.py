@@ -22,6 +22,7 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 from assistant.types import Button, Reply, UserMessage
 from assistant.voice.audio import AudioError, load_for_asr
 from assistant.voice.phrases import answer_expectation, heard_answer
+from channels.boundary import HUMAN_BUTTON, TOO_LONG_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ NAME = "kiosk"
 CHANNEL = "kiosk"
 PAGE_DIR = Path(__file__).resolve().parent.parent / "kiosk"
 SESSION = re.compile(r"^[0-9a-f]{16,64}$")
+# What runtime.voice names a sentence: a hex digest and ".wav". Anything else cannot exist, and a
+# 5000-character name was an OSError (file name too long) while looking for it.
+TTS_NAME = re.compile(r"^[0-9a-zA-Z_-]{1,128}\.wav$")
 MAX_TEXT = 500
 MAX_AUDIO_BYTES = 4 * 1024 * 1024  # ~2 minutes of 16 kHz PCM: longer is not one utterance
 TTS_URL = "/kiosk/api/tts/"
@@ -99,8 +103,12 @@ def make_blueprint(runtime: Any) -> Blueprint:
         session, text = session_id(body.get("session")), body.get("text")
         if session is None:
             return _error("invalid_session", "'session' must be 16–64 hex characters")
-        if not isinstance(text, str) or len(text) > MAX_TEXT:
+        if not isinstance(text, str):
             return _error("invalid_text", f"'text' must be a string of at most {MAX_TEXT} characters")
+        if len(text) > MAX_TEXT:
+            # The page shows `detail` of a refused request; API clients get the usual reply shape.
+            too_long = Reply(TOO_LONG_TEXT, buttons=(Button(HUMAN_BUTTON["title"], HUMAN_BUTTON["payload"]),))
+            return jsonify({"error": "message_too_long", "detail": TOO_LONG_TEXT, **render([too_long])}), 413
         return turn(session, text)
 
     @bp.post("/kiosk/api/speech")
@@ -149,6 +157,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
     @bp.get(f"{TTS_URL}<name>")
     def tts(name: str):
         # Only a sentence being made is waited for; any other name is 404 at once.
+        if not TTS_NAME.match(name):
+            return _error("not_found", "no such audio", 404)
         path = runtime.voice.await_file(name, TTS_WAIT_SECONDS)
         if path is None:
             return _error("not_found", "no such audio", 404)

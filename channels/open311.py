@@ -8,26 +8,68 @@ POST /open311/v2/requests.json              api_key (env OPEN311_API_KEYS, comma
                                             service_code, lat + long or address_string,
                                             description, phone, media_url (ignored: we fetch
                                             photos only from the SMS provider)
-GET  /open311/media/<sha256>.<ext>          stored photos (EXIF stripped) that media_url points to
+GET  /open311/media/<sha256>.<ext>?expires=…&sig=…
+                                            a stored photo (EXIF stripped), only through the signed
+                                            link that media_url carries (15 minutes)
 
 Public answers carry no personal data: `description` is given only for requests filed through
-Open311 itself (residents' SMS texts stay private), `address` is the coarse public place.
+Open311 itself (residents' SMS texts stay private), `address` is the coarse public place. A photo
+can still show a face, a door number or a car plate, so it is never a public, permanent file:
+media_url is signed with a key from the key store (HMAC-SM3, separate purpose) and expires;
+a link without a valid signature, or expired, is refused (403) and says nothing about the photo.
 Errors follow the spec: a list of {"code", "description"} with the HTTP status.
 """
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, jsonify, request, send_file
 
+from backend.crypto import hmac_sm3_hex
 from backend.tickets import TicketView
 from channels.boundary import safe_equal
 
 NAME = "open311"
 CLOSED = {"resolved", "rated", "closed", "rejected", "duplicate", "cancelled"}
 MAX_DESCRIPTION = 2000
+MEDIA_LINK_SECONDS = 15 * 60
+_MEDIA_PURPOSE = b"open311_media_url"  # domain separation from the blind indexes on the same key
+
+
+class MediaLinks:
+    """Signed, expiring paths to stored photos: `/open311/media/<name>?expires=<unix>&sig=<hex>`.
+    The signature covers the file name and the expiry, so neither can be changed."""
+
+    def __init__(self, key: bytes, clock: Callable[[], datetime], seconds: int = MEDIA_LINK_SECONDS) -> None:
+        self._key, self._clock, self.seconds = key, clock, seconds
+
+    def _now(self) -> int:
+        return int(self._clock().timestamp())
+
+    def _sign(self, name: str, expires: int) -> str:
+        message = _MEDIA_PURPOSE + b"\0" + name.encode("utf-8", "surrogatepass") + b"\0" + str(expires).encode()
+        return hmac_sm3_hex(self._key, message)
+
+    def path(self, name: str) -> str:
+        expires = self._now() + self.seconds
+        return f"/open311/media/{name}?expires={expires}&sig={self._sign(name, expires)}"
+
+    def seconds_left(self, name: str, expires: str | None, sig: str | None) -> int:
+        """Seconds the link is still good for; 0 when unsigned, forged, altered or expired."""
+        if not expires or not expires.isdigit() or len(expires) > 12 or not sig:
+            return 0
+        left = int(expires) - self._now()
+        if left <= 0 or left > self.seconds:  # also refuses links signed for longer than we sign
+            return 0
+        return left if safe_equal(sig, self._sign(name, int(expires))) else 0
+
+
+def media_links(runtime: Any) -> MediaLinks:
+    """The signer for a runtime; the staff API links photos the same way."""
+    return MediaLinks(runtime.cipher.keys.index_key, runtime.clock)
 
 
 def _errors(status: int, description: str):
@@ -49,6 +91,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
     desk = loop.desk
     tz = runtime.settings.timezone
     keys = [k.strip() for k in (runtime.settings.env.get("OPEN311_API_KEYS") or "").split(",") if k.strip()]
+    links = media_links(runtime)
 
     def base_url() -> str:
         return loop.twilio.public_base_url or request.host_url.rstrip("/")
@@ -73,7 +116,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
             "zipcode": None,
             "lat": view.latitude,
             "long": view.longitude,
-            "media_url": f"{base_url()}/open311/media/{path.name}" if path else None,
+            "media_url": base_url() + links.path(path.name) if path else None,
         }
 
     @bp.get("/open311/v2/services.json")
@@ -144,10 +187,17 @@ def make_blueprint(runtime: Any) -> Blueprint:
 
     @bp.get("/open311/media/<name>")
     def media(name: str):
+        # Signature first: without one, the answer must not tell whether such a photo exists.
+        left = links.seconds_left(name, request.args.get("expires"), request.args.get("sig"))
+        if not left:
+            return _errors(403, "photo links are signed and expire; read the request again for a new media_url")
         sha = name.split(".", 1)[0]
         path = desk.media.find(sha)
         if path is None or path.name != name:
             return _errors(404, "no such photo")
-        return send_file(path, max_age=86400)
+        response = send_file(path, max_age=left)
+        response.cache_control.public = False
+        response.cache_control.private = True  # no shared cache keeps it past the link
+        return response
 
     return bp

@@ -1,8 +1,10 @@
 """Operations endpoints and per-request plumbing, for every blueprint of the app.
 
 GET /healthz  liveness: the process answers (no dependency is checked; restarting it would not help)
-GET /readyz   readiness: database `SELECT 1` and, when sessions live in Redis, PING — each with a
-              short timeout, so the answer comes within ~2 s even when a server hangs
+GET /readyz   readiness: what a turn needs is loaded (the NLU model loads in the background after a
+              web worker starts: "nlu": "loading" until then), database `SELECT 1` and, when
+              sessions live in Redis, PING — each with a short timeout, so the answer comes within
+              ~2 s even when a server hangs. 503 until every check is "ok".
 GET /metrics  Prometheus exposition (backend.observability)
 
 Each request gets a request id (a well-formed incoming X-Request-Id, else a new one) that is in
@@ -104,7 +106,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
                          DATABASE_TIMEOUT)}
         if redis_client is not None:
             pending["redis"] = (obs.run_in_lane("ready-redis", redis_client.ping), REDIS_TIMEOUT + 0.5)
-        checks: dict[str, str] = {"database": "ok", "redis": "ok" if redis_client is not None else "not_configured"}
+        checks: dict[str, str] = {"nlu": "ok", "database": "ok",
+                                  "redis": "ok" if redis_client is not None else "not_configured"}
         reasons: dict[str, str] = {}
         for name, (future, timeout) in pending.items():  # run side by side: the waits overlap
             try:
@@ -112,6 +115,8 @@ def make_blueprint(runtime: Any) -> Blueprint:
             except Exception as exc:
                 checks[name], reasons[name] = "down", obs.short_reason(exc)
                 log.warning("readiness: %s is down (%s)", name, reasons[name])
+        for name, state in runtime.loading().items():  # NLU model still loading, or failed to
+            checks[name], reasons[name] = state, state
         if reasons:
             return jsonify({"status": "unavailable", "checks": checks, "reasons": reasons}), 503
         return jsonify({"status": "ready", "checks": checks})

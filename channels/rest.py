@@ -3,7 +3,9 @@
 POST /webhooks/rest/webhook  {"sender": "...", "message": "..."}
   → [{"recipient_id": "...", "text": "...", "buttons": [{"title", "payload"}]}, ...]
 POST /model/parse  {"text": "..."} → Rasa's parse result (intent, entities, intent_ranking)
-Bad bodies get a 400 with a JSON error that says what is wrong, never a stack trace.
+Bad bodies get a 400 with a JSON error that says what is wrong, never a stack trace. A message
+over MAX_MESSAGE_CHARS is a person who typed or pasted too much: 413 with a reply in Rasa's format
+that asks them, in Chinese, to send it in parts or ask for a person.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from assistant.types import Reply, UserMessage
+from channels.boundary import HUMAN_BUTTON, TOO_LONG_TEXT
 
 NAME = "rest"
 MAX_MESSAGE_CHARS = 2000
@@ -61,7 +64,7 @@ def make_blueprint(runtime) -> Blueprint:
         if not isinstance(message, str):
             return _error("invalid_message", "'message' must be a string")
         if len(message) > MAX_MESSAGE_CHARS:
-            return _error("message_too_long", f"'message' is longer than {MAX_MESSAGE_CHARS} characters", 413)
+            return jsonify([{"recipient_id": sender, "text": TOO_LONG_TEXT, "buttons": [HUMAN_BUTTON]}]), 413
         replies = assistant.handle(UserMessage(sender_id=sender.strip(), text=message, channel=NAME))
         return jsonify([render(r, sender) for r in replies])
 
@@ -74,7 +77,8 @@ def make_blueprint(runtime) -> Blueprint:
         if not isinstance(text, str):
             return _error("invalid_text", "'text' must be a string")
         if len(text) > MAX_MESSAGE_CHARS:
-            return _error("message_too_long", f"'text' is longer than {MAX_MESSAGE_CHARS} characters", 413)
+            return _error("message_too_long",
+                          f"'text' is longer than {MAX_MESSAGE_CHARS} characters / {TOO_LONG_TEXT}", 413)
         return jsonify(assistant.parse(text).to_rasa())
 
     return bp

@@ -28,6 +28,7 @@ from flask import Blueprint, g, jsonify, request
 from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
 from channels.boundary import int_arg, safe_equal
+from channels.open311 import media_links
 
 NAME = "staff_api"
 ACTIONS = {"route", "accept", "start", "resolve", "reject", "reopen", "close"}
@@ -38,14 +39,15 @@ def _error(code: str, detail: str, status: int):
     return jsonify({"error": code, "detail": detail}), status
 
 
-def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], *, private: bool = False) -> dict[str, Any]:
+def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], media_link: Callable[[str], str],
+                *, private: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "reference": view.reference, "status": view.status, "status_label": status_label(view.status),
         "service_code": view.service_code, "category": view.category_name, "department": view.department,
         "place": view.place, "lat": view.latitude, "long": view.longitude, "channel": view.channel,
         "created_at": view.created_at.isoformat(), "updated_at": view.updated_at.isoformat(),
         "status_note": view.status_note, "rating": view.rating, "duplicate_of": view.duplicate_of,
-        "media": [{"sha256": sha, "role": role, "url": f"/open311/media/{path.name}"}
+        "media": [{"sha256": sha, "role": role, "url": media_link(path.name)}
                   for sha, role in view.media if (path := media_path(sha)) is not None],
     }
     if private:
@@ -57,6 +59,7 @@ def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], *, p
 def make_blueprint(runtime: Any) -> Blueprint:
     bp = Blueprint(NAME, __name__, url_prefix="/staff/api")
     desk = runtime.ticket_loop.desk
+    links = media_links(runtime)  # photos are served only through signed, expiring links
     token = runtime.settings.env.get("STAFF_API_TOKEN") or ""
 
     photo_limit = desk.media.policy.max_bytes + 64 * 1024
@@ -108,7 +111,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         if g.staff is not None:  # the role's scope, from the same SQL predicate the console uses
             allowed = set(staff.queries.ticket_references(g.staff, limit=5000))
             views = [v for v in views if v.reference in allowed]
-        return jsonify([ticket_json(v, desk.media.find) for v in views])
+        return jsonify([ticket_json(v, desk.media.find, links.path) for v in views])
 
     @bp.get("/tickets/<reference>")
     def get_ticket(reference: str):
@@ -117,7 +120,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
         view = desk.view(reference, actor=actor())
         if view is None:
             return _error("not_found", f"no ticket {reference}", 404)
-        return jsonify(ticket_json(view, desk.media.find, private=True))
+        return jsonify(ticket_json(view, desk.media.find, links.path, private=True))
 
     @bp.post("/tickets/<reference>/<action>")
     def act(reference: str, action: str):
@@ -150,6 +153,6 @@ def make_blueprint(runtime: Any) -> Blueprint:
             return _error("invalid_photo", exc.code, 413 if exc.code == "too_large" else 415)
         except ValueError as exc:
             return _error("invalid_request", str(exc), 400)
-        return jsonify(ticket_json(view, desk.media.find))
+        return jsonify(ticket_json(view, desk.media.find, links.path))
 
     return bp

@@ -259,7 +259,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
     @safe
     def whisper() -> Response:
         reference = request.args.get("ref", "")
-        case = runtime.backend.get_case(reference, actor="agent") if reference.isdigit() else None
+        case = runtime.backend.get_case(reference, actor="agent") if reference.isascii() and reference.isdigit() else None
         summary = "没有记录。"
         if case is not None:
             form = (case.fields or {}).get("form_name")

@@ -46,6 +46,9 @@ function show(data) {
   choices.replaceChildren();
   const buttons = (data.replies || []).flatMap((r) => r.buttons || []);
   for (const b of buttons) choices.append(taskButton(b.title, b.payload));
+  // Every reply is a new question (or the same one asked again): what was typed for the last one
+  // must not stay in the display, or the phone number is typed after the ID number.
+  clearKeyed();
   showKeypad(DIGIT_SLOTS.has(data.expects));
   const urls = data.audio_urls || (data.audio_url ? [data.audio_url] : []);
   if (urls.length) play(urls);
@@ -93,29 +96,45 @@ async function say(text) {
 }
 
 // --- keypad for ID and phone numbers -------------------------------------------------------------
+// While it is open the common-task buttons step aside (body.keypad-open), so the whole keypad fits
+// on the screen above the bottom bar, in landscape (1280×900) and portrait (800×1280) alike.
 function showKeypad(visible) {
-  const pad = $("keypad");
-  pad.hidden = !visible;
-  if (!visible) $("keyed").textContent = "";
+  $("keypad").hidden = !visible;
+  document.body.classList.toggle("keypad-open", visible);
+  if (!visible) clearKeyed();
 }
+
+function clearKeyed() {
+  $("keyed").textContent = "";
+}
+
+// Laid out four across: 1 2 3 删除 / 4 5 6 清空 / 7 8 9 X / 0 确定.
+const KEYS = [
+  ["1"], ["2"], ["3"], ["删除", "删除一位", "edit"],
+  ["4"], ["5"], ["6"], ["清空", "全部清空", "edit"],
+  ["7"], ["8"], ["9"], ["X", "字母X（身份证最后一位）"],
+  ["0", "", "wide"], ["确定", "输入好了，确定", "done"],
+];
 
 function buildKeypad() {
   const keys = document.querySelector("#keypad .keys");
-  for (const label of ["1", "2", "3", "4", "5", "6", "7", "8", "9", "X", "0", "删除"]) {
+  for (const [label, spoken, kind] of KEYS) {
     const button = document.createElement("button");
-    button.className = "big secondary";
+    button.type = "button";
+    button.className = kind === "done" ? "big key done" : `big secondary key ${kind || "digit"}`;
     button.textContent = label;
-    button.addEventListener("click", () => {
-      const out = $("keyed");
-      out.textContent = label === "删除" ? out.textContent.slice(0, -1) : out.textContent + label;
-    });
+    if (spoken) button.setAttribute("aria-label", spoken);
+    button.addEventListener("click", () => pressKey(label));
     keys.append(button);
   }
-  const done = document.createElement("button");
-  done.className = "big";
-  done.textContent = "确定";
-  done.addEventListener("click", () => { const v = $("keyed").textContent; if (v) say(v); });
-  keys.append(done);
+}
+
+function pressKey(label) {
+  const out = $("keyed");
+  if (label === "删除") out.textContent = out.textContent.slice(0, -1);
+  else if (label === "清空") clearKeyed();
+  else if (label === "确定") { const v = out.textContent; if (v) say(v); }
+  else if (out.textContent.length < 20) out.textContent += label;
 }
 
 // --- hold to talk: record 16 kHz mono WAV in the page, send it to the server's recogniser -------

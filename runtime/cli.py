@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import gc
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -11,32 +14,101 @@ from pathlib import Path
 
 from assistant.config import load_settings
 
+# Commands a person talks to in the terminal: their log lines (to stderr) would interleave with the
+# conversation, so only warnings and errors are shown unless --verbose.
+INTERACTIVE_COMMANDS = frozenset({"chat", "call", "staff"})
 
-def _logging(verbose: bool = False) -> None:
+
+def _logging(verbose: bool = False, interactive: bool = False) -> None:
     # Text for a terminal; LOG_FORMAT=json (production) gives one masked JSON object per line.
     from backend.observability import configure_logging
 
     configure_logging(verbose)
+    if not verbose:
+        # Alembic says 7–9 INFO lines at every start (plugins, "Context impl", each revision).
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        if interactive:
+            logging.getLogger().setLevel(logging.WARNING)
+
+
+def _free_port_near(host: str, port: int) -> int | None:
+    for candidate in range(port + 10, port + 110):  # "8000 busy → try 8010", as people pick ports
+        if candidate < 65536 and _bind_error(host, candidate) is None:
+            return candidate
+    return None
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Whether this process could listen on host:port now (bound and closed again at once)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _name, address in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc
+    return None
+
+
+def _port_problem(host: str, port: int, exc: OSError, option: str = "--port") -> str:
+    """One line, Chinese then English, with what to do instead of a traceback. `option` is what
+    chooses the port (`--port`, or the MEDIA_STREAM_PORT variable)."""
+    other = _free_port_near(host, port) if port else None
+    hint = f"try {option}{' ' if option.startswith('-') else '='}{other}" if other else f"try another {option}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"端口 {port} 已被占用 (port {port} in use on {host}): {hint}"
+    if exc.errno == errno.EACCES:
+        return f"没有权限使用端口 {port} (permission denied for port {port}): {hint}"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return f"无法在地址 {host} 上监听 (cannot listen on {host}): try --host 127.0.0.1"
+    return f"无法监听 {host}:{port} (cannot listen: {exc.strerror or exc}): {hint}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    problem = _bind_error(host, port)  # before anything is loaded: a busy port is said at once
+    if problem is not None:
+        print(_port_problem(host, port, problem), file=sys.stderr)
+        return 2
+    stream_port = _media_stream_port(settings, port)
+    problem = _bind_error(host, stream_port) if stream_port else None
+    if stream_port and problem is not None:
+        print(_port_problem(host, stream_port, problem, "MEDIA_STREAM_PORT"), file=sys.stderr)
+        return 2
+    gc.disable()  # until the libraries are imported and the model loaded (StartupGC)
+    from runtime.container import StartupGC, build_runtime, load_nlu_in_background
+
+    startup = StartupGC(parts=2)
+    # The NLU model loads in the background, from now on, while the web layer is imported: the
+    # port answers as soon as it can, /readyz is 503 until the model is in memory, and a turn that
+    # comes meanwhile waits for it.
+    nlu = load_nlu_in_background(settings, when_done=startup.done)
     import waitress
 
     from channels.app import create_app
-    from runtime.container import build_runtime
 
-    settings = load_settings()
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, nlu=nlu)
     app = create_app(runtime)
-    host, port = args.host or settings.host, args.port or settings.port
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=args.threads,
+                                        ident="community-assistant")
+    except OSError as exc:  # taken between the check and now
+        print(_port_problem(host, port, exc), file=sys.stderr)
+        return 2
+    finally:
+        startup.done()
     logging.getLogger(__name__).info("serving on http://%s:%d (database %s, sessions %s)", host, port,
                                      settings.database_url.split("@")[-1],
                                      "redis" if settings.redis_url else "in-process")
-    stream_port = settings.env.get("MEDIA_STREAM_PORT")
-    if stream_port or (settings.config.get("voice") or {}).get("phone_recognizer") == "local":
+    if stream_port:
         from channels.twilio_media import MediaStreamServer
 
-        media = MediaStreamServer(runtime, host, int(stream_port or port + 1))
+        media = MediaStreamServer(runtime, host, stream_port)
         media.start_in_thread()
         logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", host, media.port)
     if not args.no_worker:  # embedded default: ticket jobs and the SMS outbox in this process
@@ -45,13 +117,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         background_worker(runtime).start_thread()
     # Load (on a fresh clone: assemble, with progress in the log) the recogniser now, and render the
     # fixed prompts, in the background, so the first caller does not wait; text channels serve meanwhile.
-    threading.Thread(target=lambda: runtime.voice.pool, name="asr-warmup", daemon=True).start()
-    warmup = _VoiceWarmup(runtime)
+    # Both start once the NLU model is in memory: every turn needs that first, and loading the
+    # voices at the same time would hold it back for seconds (the GIL, two cores).
+    threading.Thread(target=lambda: (_nlu_loaded(nlu), runtime.voice.pool), name="asr-warmup", daemon=True).start()
+    warmup = _VoiceWarmup(runtime, after=lambda: _nlu_loaded(nlu))
     try:
-        waitress.serve(app, host=host, port=port, threads=args.threads, ident="community-assistant")
+        server.print_listen("Serving on http://{}:{}")
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         warmup.stop()
     return 0
+
+
+def _media_stream_port(settings, port: int) -> int | None:
+    """Where `serve` runs Media Streams beside the web port, or None when calls do not use them."""
+    configured = settings.env.get("MEDIA_STREAM_PORT")
+    if configured:
+        return int(configured)
+    return port + 1 if (settings.config.get("voice") or {}).get("phone_recognizer") == "local" else None
+
+
+def _nlu_loaded(nlu, timeout: float = 120.0) -> None:
+    """Waits until the background NLU load is over (loaded or failed: the voices load either way)."""
+    try:
+        nlu.wait(timeout)
+    except Exception:  # reported by the loader and /readyz
+        pass
 
 
 class _VoiceWarmup:
@@ -59,8 +152,9 @@ class _VoiceWarmup:
     Kokoro, a second later), with a progress bar when a person is watching the terminal. `stop()`
     at shutdown: native synthesis still running while the interpreter exits aborts the process."""
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime, after=None) -> None:
         self.runtime = runtime
+        self.after = after  # waited for first (serve: the NLU model being loaded)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._warm, name="tts-warmup", daemon=True)
         self.thread.start()
@@ -68,6 +162,10 @@ class _VoiceWarmup:
     def _warm(self) -> None:
         from runtime.cli_voice import warm_prompts
 
+        if self.after is not None:
+            self.after()
+        if self.stopping.is_set():
+            return
         try:
             voices = self.runtime.voice.tts
             if voices.local:
@@ -89,12 +187,17 @@ def cmd_streams(args: argparse.Namespace) -> int:
     from runtime.container import build_runtime
 
     settings = load_settings()
+    host = args.host or settings.host
+    problem = _bind_error(host, args.port)  # one line, not a traceback after the model has loaded
+    if problem is not None:
+        print(_port_problem(host, args.port, problem), file=sys.stderr)
+        return 2
     runtime = build_runtime(settings)
     bind_runtime(runtime)  # conversation ids in logs match the web workers'; ASR metrics
     if runtime.voice.pool is None:  # load the recogniser before taking calls
         logging.getLogger(__name__).warning("no local recogniser: calls will be handed back to <Gather>")
     warmup = _VoiceWarmup(runtime)
-    server = MediaStreamServer(runtime, args.host or settings.host, args.port)
+    server = MediaStreamServer(runtime, host, args.port)
     logging.getLogger(__name__).info("Twilio Media Streams on ws://%s:%d/media-stream", server.host, server.port)
     try:
         server.run_forever()
@@ -103,11 +206,22 @@ def cmd_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_if_training(settings) -> None:
+    """Interactive commands show no INFO lines: on a fresh clone say why the first start waits."""
+    from assistant.nlu.pipeline import NLU, NLUSettings
+
+    if NLU.cached_model(NLUSettings.from_config(settings.config, settings.root, settings.model_dir)) is None:
+        print("第一次使用，正在训练语言模型，约需15秒…… (training the NLU model once, ~15 s)", file=sys.stderr,
+              flush=True)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from channels.terminal import run_chat
     from runtime.container import build_runtime
 
-    runtime = build_runtime(load_settings())
+    settings = load_settings()
+    _say_if_training(settings)
+    runtime = build_runtime(settings)
     run_chat(runtime, sys.stdin, sys.stdout, sender=args.sender, phone=args.phone)
     return 0
 
@@ -116,20 +230,28 @@ def cmd_call(args: argparse.Namespace) -> int:
     from channels.terminal import run_call
     from runtime.container import build_runtime
 
-    runtime = build_runtime(load_settings())
+    settings = load_settings()
+    _say_if_training(settings)
+    runtime = build_runtime(settings)
     run_call(runtime, sys.stdin, sys.stdout, caller=args.caller)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Deploys run this once at build time (`train --if-missing`): web workers then only load the
+    model, in about a second, and never train it (each would take ~15 s, all at once)."""
     from assistant.nlu.pipeline import NLU, NLUSettings
 
     settings = load_settings()
     nlu_settings = NLUSettings.from_config(settings.config, settings.root, settings.model_dir)
+    cached = NLU.cached_model(nlu_settings)
+    if args.if_missing and cached is not None:
+        print(json.dumps({"model": str(cached), "trained": False}, ensure_ascii=False))
+        return 0
     started = time.perf_counter()
     nlu = NLU.train(nlu_settings)
     path = nlu.save()
-    print(json.dumps({"model": str(path), "intents": len(nlu.intents),
+    print(json.dumps({"model": str(path), "trained": True, "intents": len(nlu.intents),
                       "seconds": round(time.perf_counter() - started, 2)}, ensure_ascii=False))
     return 0
 
@@ -192,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="simulate a phone call in the terminal (staff training)")
     call.add_argument("--caller", default="13800138000", help="caller ID the line would see")
     call.set_defaults(func=cmd_call)
-    sub.add_parser("train", help="train the NLU model now").set_defaults(func=cmd_train)
+    train = sub.add_parser("train", help="train the NLU model now (deploys: once at build time)")
+    train.add_argument("--if-missing", action="store_true",
+                       help="keep the model already trained on exactly this data and config")
+    train.set_defaults(func=cmd_train)
     sub.add_parser("parse", help="stdin utterances → JSON lines").set_defaults(func=cmd_parse)
     evaluate = sub.add_parser("nlu-eval", help="evaluate on a Rasa-format test file")
     evaluate.add_argument("file")
@@ -209,7 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _private_files() -> None:
+    # Everything this process creates (store, -wal/-shm, photos, caches, logs) is owner-only,
+    # whatever the shell's umask: personal data at rest must not be readable by other accounts.
+    from backend.private_files import private_umask
+
+    private_umask()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _private_files()
     args = build_parser().parse_args(argv)
-    _logging(args.verbose)
+    _logging(args.verbose, interactive=args.command in INTERACTIVE_COMMANDS)
     return int(args.func(args) or 0)

@@ -1,4 +1,5 @@
-"""Privacy maintenance commands: audit verify | keys rotate/activate/reencrypt | purge.
+"""Privacy maintenance commands: audit verify/checkpoint | keys rotate/rotate-audit/activate/reencrypt |
+purge.
 
 `register(subparsers)` adds them to `python -m assistant`; `python -m runtime.cli_privacy …`
 runs them on their own. They use DATABASE_URL / DATA_DIR / key settings like the server, do
@@ -33,22 +34,59 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _engine(settings: Settings) -> Engine:
-    from backend import db
+    from backend import audit, db
 
-    return db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    # Commands that write audit entries (purge, reencrypt) link them with the audit key like
+    # the server does; a legacy link after keyed ones would read as tampering.
+    audit.bind_from_settings(engine, settings)
+    return engine
+
+
+def _audit_tools(settings: Settings):
+    from backend.audit import AuditSettings, CheckpointLog
+
+    keyring = load_allowed_keys(settings.env, _key_file(settings))
+    keys, active = keyring.audit_key_versions()
+    audit = AuditSettings.from_config(settings.config)
+    return keyring, CheckpointLog(audit.path(settings.data_dir), keys, active, audit.checkpoint_syslog)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from backend import db
     from backend.audit import verify
 
-    engine = _engine(_settings(args))
+    settings = _settings(args)
+    keyring, checkpoints = _audit_tools(settings)
+    engine = _engine(settings)
     try:
-        report = verify(db.session_factory(engine))
+        report = verify(db.session_factory(engine), keyring, checkpoints)
     finally:
         engine.dispose()
     print(report.line())
     return 0 if report.ok else 1
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Verifies, then signs the head into the checkpoint file (for cron / a systemd timer):
+    a broken chain is never vouched for."""
+    from backend import db
+    from backend.audit import verify, write_checkpoint
+
+    settings = _settings(args)
+    keyring, checkpoints = _audit_tools(settings)
+    engine = _engine(settings)
+    try:
+        sessions = db.session_factory(engine)
+        report = verify(sessions, keyring, checkpoints)
+        if not report.ok:
+            print(report.line())
+            return 1
+        last_id, _ = write_checkpoint(sessions, checkpoints)
+    finally:
+        engine.dispose()
+    print(f"checkpoint of entry {last_id} written to {checkpoints.path}")
+    return 0
 
 
 def _key_file(settings: Settings) -> Path:
@@ -73,6 +111,23 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print(f"keys come from the environment: set the lines above in your secret store (version {version}"
           f"{'' if activate else ', staged'}), restart the workers, then run keys reencrypt", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_rotate_audit(args: argparse.Namespace) -> int:
+    from backend.rotation import add_audit_key_to_file, rotated_audit_env_lines
+
+    settings = _settings(args)
+    keyring = load_allowed_keys(settings.env, _key_file(settings))
+    if keyring.is_development and not settings.env.get("AUDIT_KEYS"):
+        version = add_audit_key_to_file(_key_file(settings))
+        print(f"audit key version {version} added to {_key_file(settings)} and active")
+        print("restart the server; older entries stay verifiable with their own version", file=sys.stderr)
+        return 0
+    version, lines = rotated_audit_env_lines(keyring)
+    print("\n".join(lines))
+    print(f"audit keys come from the environment: set the lines above (version {version}) in your secret "
+          "store and restart; keep every older version in AUDIT_KEYS", file=sys.stderr)
     return 0
 
 
@@ -137,8 +192,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `audit verify`, `keys rotate|activate|reencrypt` and `purge`."""
     audit = subparsers.add_parser("audit", help="audit log maintenance")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain: 'ok' or the first broken entry").set_defaults(
-        func=_guarded(cmd_audit_verify))
+    audit_sub.add_parser("verify", help="check the keyed chain and the signed checkpoints: 'ok' or the first "
+                         "broken entry").set_defaults(func=_guarded(cmd_audit_verify))
+    audit_sub.add_parser("checkpoint", help="verify, then sign the current head into the checkpoint file "
+                         "(run it from cron)").set_defaults(func=_guarded(cmd_audit_checkpoint))
 
     keys = subparsers.add_parser("keys", help="SM4 key rotation")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -146,6 +203,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rotate.add_argument("--stage", action="store_true",
                         help="add it without activating (multi-worker deployments: activate after a restart)")
     rotate.set_defaults(func=_guarded(cmd_keys_rotate))
+    keys_sub.add_parser("rotate-audit", help="add a new audit-chain key version and make it active").set_defaults(
+        func=_guarded(cmd_keys_rotate_audit))
     activate = keys_sub.add_parser("activate", help="make a loaded key version the one new data is written with")
     activate.add_argument("version", type=int)
     activate.set_defaults(func=_guarded(cmd_keys_activate))

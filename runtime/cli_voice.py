@@ -123,10 +123,17 @@ def _tts_config(args: argparse.Namespace, settings: Settings):
     return replace(config, tts=tts)
 
 
+def _cache_key(settings: Settings) -> bytes:
+    """The server's TTS cache key, so `say`, `tts-warm` and `doctor` fill and read the same cache."""
+    from runtime.container import make_cipher, tts_cache_key
+
+    return tts_cache_key(make_cipher(settings))
+
+
 def _tts(args: argparse.Namespace, settings: Settings, err: TextIO):
     from assistant.voice.tts import build_tts
 
-    voices = build_tts(_tts_config(args, settings), settings.data_dir)
+    voices = build_tts(_tts_config(args, settings), settings.data_dir, _cache_key(settings))
     if voices.fallback_reason:
         err.write(f"note: {voices.fallback_reason}; speaking with {voices.name}\n")
     return voices
@@ -215,7 +222,7 @@ def cmd_tts_warm(args: argparse.Namespace, settings: Settings | None = None,
 
     out, err = stdout or sys.stdout, stderr or sys.stderr
     settings = settings or load_settings()
-    voices = build_tts(VoiceConfig.from_config(settings.config), settings.data_dir)
+    voices = build_tts(VoiceConfig.from_config(settings.config), settings.data_dir, _cache_key(settings))
     started = time.perf_counter()
     made = warm_prompts(settings, voices, err)
     out.write(json.dumps({"engine": voices.name, "new_phrases": made,
@@ -301,7 +308,7 @@ def _tts_report(config: Any, settings: Settings, missing: list[str]) -> dict[str
     info: dict[str, Any] = {"configured": wanted.engine, "voice": wanted.voice, "speed": wanted.speed,
                             "rate_chars_per_minute": wanted.rate}
     try:
-        voices = build_tts(config, settings.data_dir)
+        voices = build_tts(config, settings.data_dir, _cache_key(settings))
     except (TtsUnavailable, OSError) as exc:
         info["error"] = str(exc)
         missing.append(f"TTS: {exc}")

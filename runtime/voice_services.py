@@ -41,8 +41,10 @@ _POLL_SECONDS = 0.05
 
 
 class VoiceServices:
-    def __init__(self, config: VoiceConfig, env: Any, model_dir: Path, data_dir: Path) -> None:
+    def __init__(self, config: VoiceConfig, env: Any, model_dir: Path, data_dir: Path,
+                 cache_key: bytes = b"") -> None:
         self.config = config
+        self._cache_key = cache_key
         self._env, self._model_dir = env, model_dir
         self.tts_dir = data_dir / "tts"
         self._data_dir = data_dir
@@ -62,7 +64,7 @@ class VoiceServices:
     @cached_property
     def tts(self) -> Voices:
         with self._build:
-            return build_tts(self.config, self._data_dir)
+            return build_tts(self.config, self._data_dir, self._cache_key)
 
     @cached_property
     def tts_settings(self) -> TtsSettings:

@@ -13,20 +13,31 @@ from __future__ import annotations
 import gc
 import logging
 
-from sqlalchemy.exc import OperationalError
-
-from assistant.config import load_settings
-from backend import db
-from backend.observability import configure_logging
-from channels.app import create_app
-from runtime.container import build_runtime
-from runtime.ticket_loop import background_worker
-
 
 def build_app():
+    # Collection off until the libraries are imported and the model is loaded (StartupGC): the
+    # imports below are most of a worker's start.
+    gc.disable()
+    from backend.private_files import private_umask
+
+    private_umask()  # the database, its -wal/-shm files, photos and caches are owner-only
+    from sqlalchemy.exc import OperationalError
+
+    from assistant.config import load_settings
+    from backend import db
+    from backend.observability import configure_logging
+    from channels.app import create_app
+    from runtime.container import StartupGC, build_runtime, load_nlu_in_background
+    from runtime.ticket_loop import background_worker
+
+    startup = StartupGC(parts=2)  # this thread building the app, and the NLU model loading
     # Gunicorn configures only its own loggers; the application's go through this masked handler.
     configure_logging()
     settings = load_settings()
+    # The NLU model loads in a background thread: the worker answers at once, /readyz is 503 until
+    # the model is in memory (about a second with it on disk: deploys run `python -m assistant
+    # train --if-missing` once at build time, so no worker ever trains it).
+    nlu = load_nlu_in_background(settings, when_done=startup.done)
     # A worker (re)forked while the database is down must still boot, or gunicorn halts the whole
     # web tier ("Worker failed to boot"): it then answers "busy" until the database is back, and
     # /readyz says so. Schema upgrades belong to deployment (the unit's ExecStartPre).
@@ -35,7 +46,7 @@ def build_app():
     except (OperationalError, OSError) as exc:
         logging.getLogger(__name__).warning("database unreachable at start (%s); serving anyway",
                                             type(exc).__name__)
-    runtime = build_runtime(settings, migrate=False)
+    runtime = build_runtime(settings, migrate=False, nlu=nlu)
     if not settings.redis_url and int(settings.env.get("WEB_CONCURRENCY") or 2) > 1:
         # Each worker would keep its own conversations: the next turn lands on another worker
         # and starts over. Photo reports and webhooks that finish in one request are unaffected.
@@ -46,11 +57,8 @@ def build_app():
     if settings.env.get("RUN_WORKER_THREAD") == "1":
         background_worker(runtime).start_thread()
         logging.getLogger(__name__).info("job worker thread started")
+    startup.done()
     return app
 
 
 app = build_app()
-# The NLU model and jieba's dictionary are millions of long-lived objects; without this every
-# full garbage collection walks them all (100+ ms pauses, seen as p99 spikes under load).
-gc.collect()
-gc.freeze()

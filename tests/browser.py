@@ -36,6 +36,14 @@ def chromium(fake_audio: str | None = None, window: str = "1080,1600"):
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+def set_viewport(browser, width: int, height: int) -> None:
+    """The page's own viewport exactly width×height CSS px (a kiosk screen), as DevTools' device
+    mode does: --window-size is the outer window, and headless Chromium keeps ~140 px of it for
+    browser chrome it does not draw."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+
 @contextmanager
 def serving(app) -> Iterator[str]:
     """The app on a real HTTP server on loopback (pages need a real origin)."""

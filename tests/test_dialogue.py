@@ -120,6 +120,21 @@ def test_channel_phone_is_not_asked_but_is_read_back(talk):
     assert c.last.expects == "confirm" and "138 0013 8000" in confirm
 
 
+def test_a_phone_number_said_with_the_word_电话_fills_the_slot_not_a_handoff(talk):
+    c = talk()
+    c.say("办老年证")
+    c.say(make_id("19450302"))
+    c.say("王建国")
+    confirm = c.say("电话136 5550 1234")
+    assert not c.last.handoff and c.last.expects == "confirm" and "136 5550 1234" in confirm
+    c = talk(sender="u2")  # a clear request for a person still wins, number or not
+    c.say("办老年证")
+    c.say(make_id("19450302"))
+    c.say("王建国")
+    c.say("我要转人工，我电话13655501234")
+    assert c.last.handoff
+
+
 def test_cancel_inside_form_submits_nothing(talk, runtime):
     c = talk()
     c.say("我要开居住证明")

@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from browser import ARTIFACTS, chromium, contrast, serving, wait
+from browser import ARTIFACTS, chromium, contrast, serving, set_viewport, wait
 
 from channels.app import create_app
 
@@ -168,5 +168,110 @@ def test_kiosk_hold_to_talk_reaches_the_real_recogniser(live_kiosk, runtime):
                                        "return a.src && (a.currentTime > 0 || a.ended);"))
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "kiosk-heard.png"))
+    finally:
+        browser.quit()
+
+
+# -- the digit keypad at the kiosk's two screen shapes ----------------------------------------------
+
+KEYPAD_GEOMETRY = """
+const viewport = {w: window.innerWidth, h: window.innerHeight};
+const footer = document.querySelector('footer.controls').getBoundingClientRect();
+const boxes = [...document.querySelectorAll('#keypad .keys button, footer.controls button')].map((b) => {
+  const r = b.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return {text: b.textContent, left: r.left, top: r.top, right: r.right, bottom: r.bottom,
+          width: r.width, height: r.height, inFooter: !!b.closest('footer'),
+          onTop: hit === b || b.contains(hit)};
+});
+return {viewport, footerTop: footer.top, boxes};
+"""
+
+
+def _press(browser, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.XPATH, f"//section[@id='keypad']//button[text()='{label}']").click()
+
+
+def _keyed(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, "keyed").text
+
+
+def _reply_text(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, "replies").text
+
+
+@pytest.mark.parametrize("window", ["1280,900", "800,1280"])
+def test_keypad_fits_the_screen_and_clears_between_questions_in_chromium(live_kiosk, window):
+    from selenium.webdriver.common.by import By
+
+    from assistant.nlu.idcard import check_digit
+
+    width, height = (int(v) for v in window.split(","))
+    browser = chromium(window=window)
+    try:
+        set_viewport(browser, width, height)
+        browser.get(f"{live_kiosk}/kiosk")
+        browser.find_element(By.XPATH, "//button[text()='办老年证']").click()
+        wait(browser, 10, lambda b: b.find_element(By.ID, "keypad").is_displayed())
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / f"kiosk-keypad-{width}x{height}.png"))
+
+        # Every key and the bottom bar: on screen, ≥ 60×60, not covered by anything (the bottom bar
+        # above all), without scrolling.
+        geometry = browser.execute_script(KEYPAD_GEOMETRY)
+        viewport = geometry["viewport"]
+        assert (viewport["w"], viewport["h"]) == (width, height), viewport  # really this screen
+        labels = [box["text"] for box in geometry["boxes"] if not box["inFooter"]]
+        assert sorted(labels) == sorted([*"0123456789", "X", "删除", "清空", "确定"]), labels
+        for box in geometry["boxes"]:
+            assert box["width"] >= 60 and box["height"] >= 60, box
+            assert box["left"] >= 0 and box["top"] >= 0, box
+            assert box["right"] <= viewport["w"] and box["bottom"] <= viewport["h"], (box, viewport)
+            assert box["onTop"], box
+            if not box["inFooter"]:
+                assert box["bottom"] <= geometry["footerTop"], (box, geometry["footerTop"])
+        # 清空 sits next to 删除, right under it in the edit column
+        by_label = {box["text"]: box for box in geometry["boxes"]}
+        assert abs(by_label["清空"]["top"] - by_label["删除"]["top"]) > 30  # stacked in the edit column
+        assert abs(by_label["清空"]["left"] - by_label["删除"]["left"]) < 2
+
+        # 删除 takes one digit back, 清空 takes them all
+        for digit in "123":
+            _press(browser, digit)
+        _press(browser, "删除")
+        assert _keyed(browser) == "12"
+        _press(browser, "清空")
+        assert _keyed(browser) == ""
+
+        # A wrong ID is asked for again: the display starts empty, typing does not append to it
+        for digit in "123":
+            _press(browser, digit)
+        before = _reply_text(browser)
+        _press(browser, "确定")
+        wait(browser, 10, lambda b: _reply_text(b) != before)
+        assert "身份证" in _reply_text(browser) and browser.find_element(By.ID, "keypad").is_displayed()
+        assert _keyed(browser) == ""
+
+        # A right ID, then the name (spoken), then the phone question: its display starts empty
+        first17 = "11010119450302001"
+        for digit in first17 + check_digit(first17):
+            _press(browser, digit)
+        _press(browser, "确定")
+        wait(browser, 10, lambda b: "名字" in _reply_text(b))
+        browser.execute_script("say('我叫王建国')")
+        wait(browser, 10, lambda b: "电话" in _reply_text(b) and b.find_element(By.ID, "keypad").is_displayed())
+        assert _keyed(browser) == ""
+        for digit in "13800138000":
+            _press(browser, digit)
+        assert _keyed(browser) == "13800138000"
+        _press(browser, "确定")
+        wait(browser, 10, lambda b: "王建国" in _reply_text(b))
+        assert _keyed(browser) == ""
     finally:
         browser.quit()

@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 from assistant import logcontext
 from assistant.config import load_settings
+from assistant.nlu.pipeline import BackgroundNLU, NLUNotReady
 from assistant.voice.audio import Audio
 from assistant.voice.recognizer import DecodePool, Transcript
 from backend import observability as obs
@@ -63,7 +64,8 @@ def test_healthz_and_readyz_on_sqlite(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "checks": {"database": "ok", "redis": "not_configured"}}
+    assert response.get_json() == {"status": "ready",
+                                   "checks": {"nlu": "ok", "database": "ok", "redis": "not_configured"}}
     assert "ops" not in client.get("/").get_json()["channels"]  # the index lists channels only
 
 
@@ -76,7 +78,7 @@ def test_readyz_is_503_naming_redis_when_it_is_unreachable(settings_env, nlu, cl
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "unavailable"
-    assert body["checks"] == {"database": "ok", "redis": "down"}
+    assert body["checks"] == {"nlu": "ok", "database": "ok", "redis": "down"}
     assert body["reasons"]["redis"] == "ConnectionError"
     assert "s3cret" not in response.get_data(as_text=True) and "127.0.0.1" not in response.get_data(as_text=True)
 
@@ -126,10 +128,56 @@ def test_readyz_with_a_real_redis(settings_env, nlu, clock, redis_server):
     client = create_app(_runtime_with(settings_env, nlu, clock, REDIS_URL=redis_server.url)).test_client()
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert response.get_json()["checks"] == {"nlu": "ok", "database": "ok", "redis": "ok"}
 
 
 # --- request ids -------------------------------------------------------------------------------------
+def test_readyz_is_503_while_the_nlu_model_loads_and_200_after(settings_env, nlu, clock):
+    """A web worker answers at once and loads the model in the background: not ready until then,
+    and a turn that comes meanwhile waits for the model instead of failing."""
+    release = threading.Event()
+
+    def slow_load():
+        assert release.wait(30)
+        return nlu
+
+    loading = BackgroundNLU(slow_load)
+    client = create_app(_runtime_with(settings_env, loading, clock)).test_client()
+    assert client.get("/healthz").status_code == 200  # alive meanwhile
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["checks"]["nlu"] == "loading" and body["reasons"] == {"nlu": "loading"}
+    assert body["checks"]["database"] == "ok"
+
+    turn: dict[str, object] = {}
+    sender = threading.Thread(target=lambda: turn.update(client.post(
+        "/webhooks/rest/webhook", json={"sender": "early", "message": "我想办老年证"}).get_json()[-1]))
+    sender.start()
+    time.sleep(0.3)
+    assert sender.is_alive()  # waiting for the model, not answered with a guess
+    release.set()
+    sender.join(10)
+    assert "身份证" in str(turn.get("text"))
+    assert loading.wait(5) is nlu
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json()["checks"]["nlu"] == "ok"
+
+
+def test_readyz_stays_503_when_the_model_cannot_load_and_turns_get_the_busy_answer(settings_env, clock):
+    def broken_load():
+        raise OSError("model directory unreadable")
+
+    loading = BackgroundNLU(broken_load, wait_seconds=0.5)
+    client = create_app(_runtime_with(settings_env, loading, clock)).test_client()
+    with pytest.raises(NLUNotReady):
+        loading.wait(5)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["checks"]["nlu"] == "failed"
+    reply = client.post("/webhooks/rest/webhook", json={"sender": "x", "message": "你好"})
+    assert reply.status_code == 200 and "稍等" in reply.get_json()[0]["text"]  # utter_busy, not a 500
+
+
 def test_request_id_is_echoed_when_well_formed_and_replaced_otherwise(client):
     assert client.get("/healthz", headers={"X-Request-Id": "req-0123abcd"}).headers["X-Request-Id"] == "req-0123abcd"
     for bad in ["short", "x" * 200, "evil\"} {forged", "13800138000-phone"]:

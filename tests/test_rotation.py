@@ -99,10 +99,12 @@ _keys = itertools.count()
 
 
 def application(i: int) -> CaseRequest:
-    return CaseRequest(kind="application", category="apply_senior_card",
+    # Distinct categories: a second open application of the same kind would be answered
+    # with the first one's reference (the duplicate rule), not filed.
+    return CaseRequest(kind="application", category="apply_senior_card" if i < 3 else "apply_elderly_allowance",
                        subject=Person(name=NAMES[i % 3], id_number=IDS[i % 3], phone=PHONES[i % 3]),
                        fields={"address": f"幸福路{i}号"}, channel="sms", sender_id=PHONES[i % 3],
-                       idempotency_key=f"app-{next(_keys)}")
+                       verified_phone=PHONES[i % 3], idempotency_key=f"app-{next(_keys)}")
 
 
 def fill(db: Db, keys: KeyRing) -> list[str]:

@@ -274,9 +274,13 @@ def test_many_failures_from_one_address_are_throttled(app, world):
     client = app.test_client()
     for name in ("nobody1", "nobody2", "nobody3"):  # unknown users, so no account locks
         assert login(client, name, "guess-guess-1").status_code == 401
-    assert login(client, "admin").status_code == 429
+    before = len(audits(world.runtime, action="login"))
+    assert login(client, "nobody4", "guess-guess-1").status_code == 429  # further failures: throttled ...
+    assert login(client, "admin", "guess-guess-1").status_code == 429
+    assert len(audits(world.runtime, action="login")) == before  # ... and not audited one by one
+    assert login(client, "admin").status_code == 303  # the right password still gets in
     world.runtime.clock.advance(minutes=world.directory.policy.source_window_minutes + 1)
-    assert login(client, "admin").status_code == 303
+    assert login(app.test_client(), "nobody5", "guess-guess-1").status_code == 401
 
 
 def test_sessions_expire_when_idle_at_their_age_and_on_logout(app, world):
@@ -360,3 +364,40 @@ def test_staff_api_scopes_tickets_by_role(runtime):
     assert client.get("/staff/api/tickets", headers={"Authorization": "Bearer forged"}).status_code == 403
     wrong = client.post("/staff/api/login", json={"username": "grida", "password": "not-it"})
     assert wrong.status_code == 403 and "token" not in wrong.get_json()
+
+
+# --- transcripts as staff read them ------------------------------------------------------------
+def test_transcript_shows_words_keys_and_silence_not_payloads(app, world):
+    from assistant.ports import HandoffRequest
+
+    runtime = world.runtime
+    keyed = runtime.backend.create_handoff(HandoffRequest(
+        sender_id="caller-2", channel="twilio_voice", phone=PEOPLE["G01"][1], reason="user_request", urgent=False,
+        transcript=(("user", "我想办老年证"), ("bot", "我核对一下，对吗？"), ("user", "/affirm"),
+                    ("bot", "请说电话"), ("user", "对"), ("user", '/book_meal{"meal_mode": "delivery"}'),
+                    ("user", ""), ("bot", "我没听到您说话。"), ("user", "/request_human")),
+        form_name=None, form_slots={}, idempotency_key="h-keys")).reference
+    asked = runtime.backend.create_handoff(HandoffRequest(
+        sender_id="caller-3", channel="kiosk", phone=None, reason="user_request", urgent=False,
+        transcript=(("user", "/affirm"), ("user", "/request_human")), form_name=None, form_slots={},
+        idempotency_key="h-asked")).reference
+    agent = client_for(app, "agent")
+
+    page = agent.get(f"/console/handoffs/{keyed}").get_data(as_text=True)
+    transcript = page[page.index('id="transcript"'):page.index("</ol>")]
+    assert "/affirm" not in transcript and "/request_human" not in transcript and "/book_meal" not in transcript
+    assert "（按键：确认）" in transcript and "（按键：转人工）" in transcript
+    assert "（按键：助餐预约 · 送餐上门）" in transcript
+    assert "我想办老年证" in transcript and "<span class=\"speaker\">居民</span>对</li>" in transcript
+    assert "（没有说话）" in transcript
+    meta = page[page.index('class="meta"'):page.index("</p>", page.index('class="meta"'))]
+    assert "（没有说话）" in meta and "居民要求" not in meta  # handed over after silence, not asked
+
+    page = agent.get(f"/console/handoffs/{asked}").get_data(as_text=True)
+    assert "（按钮：确认）" in page and "居民要求" in page  # a kiosk button, and a real request
+
+    queue = agent.get("/console/handoffs").get_data(as_text=True)
+    row = re.search(rf"<tr[^>]*>\s*<td>{keyed}</td>(.*?)</tr>", queue, re.S).group(1)
+    assert "（没有说话）" in row and "居民要求" not in row
+    row = re.search(rf"<tr[^>]*>\s*<td>{asked}</td>(.*?)</tr>", queue, re.S).group(1)
+    assert "居民要求" in row

@@ -263,7 +263,8 @@ def test_reference_clash_is_retried(env: Env, monkeypatch: pytest.MonkeyPatch) -
         fresh = new_reference("application")
     issued = iter([taken, taken, fresh])
     monkeypatch.setattr(services, "new_reference", lambda kind: next(issued))
-    assert env.backend.submit_case(case()).reference == fresh
+    # another form: the same one again would be answered with the open case (no new reference)
+    assert env.backend.submit_case(case(category="apply_elderly_allowance")).reference == fresh
     assert env.count(Application) == 2 and env.verify() is None
 
 
@@ -555,3 +556,100 @@ def test_sqlite_several_processes_share_one_file(sqlite_env: Env) -> None:
     assert sqlite_env.count(Booking) == 24
     assert sqlite_env.count(AuditEntry) == 3 * (1 + 8 + 8)
     assert sqlite_env.verify() is None
+
+
+# --- derived columns and identity (issue 17 B) ---------------------------------------------------
+def test_idempotency_keys_are_stored_as_keyed_hashes(env: Env) -> None:
+    b = env.backend
+    raw = f"sms:+86{PHONE}:form-1"
+    first = b.submit_case(case(key=raw))
+    assert b.submit_case(case(key=raw)).reference == first.reference  # still dedupes
+    b.create_handoff(handoff(key=f"sms:+86{PHONE}:handoff:3:user_request"))
+    with env.sessions() as s:
+        keys = s.scalars(select(Application.idempotency_key)).all() + s.scalars(
+            select(Handoff.idempotency_key)).all()
+    assert len(keys) == 2
+    for key in keys:
+        assert key.startswith("k1:") and PHONE not in key and "sms" not in key
+    # keyed: another key gives other hashes for the same raw key
+    other = FieldCipher(KeyRing({1: bytes(range(16))}, 1, bytes(range(1, 33))))
+    assert services.idempotency_digest(other, raw) not in keys
+
+
+def test_migration_0007_replaces_raw_idempotency_keys(db_url: str) -> None:
+    upgrade(db_url, "0006")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for table, extra in (("applications", ", category"), ("handoffs", ", reason, urgent")):
+                values = ", 'apply_senior_card'" if table == "applications" else ", 'user_request', false"
+                conn.execute(text(
+                    f"INSERT INTO {table} (reference, status, channel, sender_hash, idempotency_key, "
+                    f"created_at, updated_at{extra}) VALUES (:ref, 'submitted', 'sms', 'x', :key, "
+                    f"'2025-01-01 00:00:00', '2025-01-01 00:00:00'{values})"),
+                    {"ref": "10000001" if table == "applications" else "40000001",
+                     "key": f"sms:+86{PHONE}:abc"})
+            conn.execute(text(
+                "INSERT INTO bookings (reference, status, channel, sender_hash, idempotency_key, created_at, "
+                "updated_at, category) VALUES ('20000001', 'booked', 'rest', 'x', 'k1:already-hashed', "
+                "'2025-01-01 00:00:00', '2025-01-01 00:00:00', 'book_meal')"))
+        upgrade(db_url)
+        with engine.connect() as conn:
+            app_key = conn.execute(text("SELECT id, idempotency_key FROM applications")).one()
+            handoff_key = conn.execute(text("SELECT id, idempotency_key FROM handoffs")).one()
+            booking_key = conn.execute(text("SELECT idempotency_key FROM bookings")).scalar_one()
+        assert app_key[1] == f"legacy:{app_key[0]}" and handoff_key[1] == f"legacy:{handoff_key[0]}"
+        assert booking_key == "k1:already-hashed"  # new-style keys are left alone
+    finally:
+        engine.dispose()
+
+
+def test_open_application_is_answered_with_the_existing_case(env: Env) -> None:
+    b = env.backend
+    first = b.submit_case(case())
+    again = b.submit_case(case())  # same sender (the SMS phone), same ID, same form, still open
+    assert again.duplicate and again.reference == first.reference
+    stranger = b.submit_case(CaseRequest(
+        kind="application", category="apply_senior_card", subject=Person(name="某人", id_number=ID_NUMBER),
+        fields={}, channel="rest", sender_id="someone", idempotency_key="rest:someone:1"))
+    assert stranger.duplicate and stranger.reference == ""  # exists, but whose reference is not told
+    assert env.count(Application) == 1
+    b.set_status("application", first.reference, "completed", "staff:li")
+    renewed = b.submit_case(case())  # finished: a new application is a new case
+    assert not renewed.duplicate and renewed.reference != first.reference
+    assert env.count(Application) == 2 and env.verify() is None
+
+
+def test_only_the_verified_resident_changes_the_record(env: Env) -> None:
+    b = env.backend
+    b.submit_case(case())  # 张三华 with her phone
+    open_channel = CaseRequest(
+        kind="booking", category="book_meal", subject=Person(name="李桂芳", id_number=ID_NUMBER, phone="13900001111"),
+        fields={"address": "别处1号"}, channel="kiosk", sender_id="kiosk-9", idempotency_key="kiosk:9:1")
+    receipt = b.submit_case(open_channel)
+    record = b.find_resident(id_number=ID_NUMBER)
+    assert record.name == NAME and record.address == ADDRESS and record.extra["phone_masked"] == "138****8000"
+    assert b.get_case(receipt.reference).fields["pending_correction"] == {
+        "name": "李桂芳", "phone": "13900001111", "address": "别处1号"}
+    # her own phone, proven by the channel, may change it
+    own = CaseRequest(
+        kind="booking", category="book_meal", subject=Person(name="张三华", id_number=ID_NUMBER, phone=PHONE),
+        fields={"address": "新家2号"}, channel="voice", sender_id="CA9", idempotency_key="voice:CA9:1",
+        verified_phone=PHONE)
+    assert "pending_correction" not in b.get_case(b.submit_case(own).reference).fields
+    assert b.find_resident(id_number=ID_NUMBER).address == "新家2号"
+    assert b.confirm_correction(receipt.reference, "staff:li") == ["phone", "name", "address"]
+    assert b.find_resident(id_number=ID_NUMBER).name == "李桂芳"
+    assert env.verify() is None
+
+
+def test_identify_needs_the_registered_phone(env: Env) -> None:
+    b = env.backend
+    b.submit_case(case())
+    assert b.identify(id_number=ID_NUMBER, phone=f"+86{PHONE}").name == NAME
+    assert b.identify(id_number=ID_NUMBER, phone="13900001111") is None
+    assert b.identify(id_number=ID_NUMBER, phone=None) is None
+    assert b.identify(id_number="11010119500101002X", phone=PHONE) is None  # unknown ID: the same answer
+    with env.sessions() as s:
+        details = s.scalars(select(AuditEntry.detail).where(AuditEntry.action == "read")).all()
+    assert sum('"by":"id_number+phone"' in d for d in details) == 3  # each lookup with a phone is audited

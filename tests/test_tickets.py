@@ -86,6 +86,8 @@ def test_end_to_end_signed_mms_to_rating(sms):
     assert len(resolution) == 1
     stored = sms.loop.desk.media.find(resolution[0]["sha256"])
     assert stored is not None and not Image.open(stored).getexif()
+    photo = client.get(resolution[0]["url"])  # the API's link is signed: staff tools can show it
+    assert photo.status_code == 200 and photo.data == stored.read_bytes()
     sms.run_jobs()
     texts = sms.texts_to()
     assert any("接单" in t for t in texts) and any("正在处理" in t for t in texts)

@@ -288,3 +288,19 @@ def test_score_reads_numbers_either_way():
     assert score("编号，三幺八五，二零四七", "编号31852047") == (0, 10)
     assert score("十二月三号", "12月3号") == (0, 5)
     assert score("幺三七", "遥三七") == (0, 3)  # "yao" is how a caller hears 1
+
+
+def test_cache_file_names_are_keyed_so_a_phone_number_cannot_be_tested(tmp_path):
+    import hashlib
+    from dataclasses import replace
+
+    text = "您的电话是13800138000，对吗？"
+    plain = _espeak(tmp_path / "a")
+    keyed = EspeakNg(tmp_path / "b", replace(plain.settings, cache_key=b"k" * 32))
+    other = EspeakNg(tmp_path / "c", replace(plain.settings, cache_key=b"j" * 32))
+    names = {v.reply_path(text).name for v in (plain, keyed, other)}
+    assert len(names) == 3  # the name depends on the key
+    unkeyed = hashlib.sha256(f"{keyed.identity}|{text}".encode()).hexdigest()[:32]
+    assert keyed.reply_path(text).stem != unkeyed  # not the guessable plain hash
+    spoken = keyed.speak(text)
+    assert spoken.path == keyed.reply_path(text) and spoken.path.exists()

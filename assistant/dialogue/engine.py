@@ -205,8 +205,9 @@ class DialogueEngine:
         intent = parse.intent
         slot_type = self.domain.slots[requested].type if requested else None
         outcome = self._extract(requested, parse, requested=True) if requested else SlotOutcome()
-        if outcome.error:
-            # A value was heard but is wrong: explaining that beats a guess at a command,
+        if outcome.error or (outcome.found and slot_type not in FREE_TEXT_TYPES):
+            # A value was heard (right or wrong): taking or explaining it beats a guess at a
+            # command ("电话136…" is a phone number, not a request for the 电话 of a person),
             # unless the resident clearly wants out.
             interrupting = intent.name in STRONG_INTENTS and intent.confidence >= self.settings.interrupt_confidence
         else:
@@ -379,7 +380,11 @@ class DialogueEngine:
             record = None
             try:
                 if state.slots.get("id_number"):
-                    record = self.backend.find_resident(id_number=state.slots["id_number"])
+                    # A typed ID proves nothing about who is typing: the record opens only for
+                    # the resident's own registered phone (caller ID), else nothing is read out.
+                    identify = getattr(self.backend, "identify", None)
+                    if state.phone and identify is not None:
+                        record = identify(id_number=state.slots["id_number"], phone=state.phone)
                 elif state.phone and not state.on_behalf:
                     record = self.backend.find_resident(phone=state.phone)
             except Exception:  # the record only saves a question; never fail the turn for it
@@ -536,8 +541,10 @@ class DialogueEngine:
             fields=fields,
             channel=state.channel,
             sender_id=state.sender_id,
+            # The backend stores only a keyed hash of it (an SMS sender id is a phone number).
             idempotency_key=f"{state.channel}:{state.sender_id}:{state.form_instance}",
             submitted_by_phone=submitted_by,
+            verified_phone=state.phone,
         )
         try:
             receipt = self.backend.submit_case(request)
@@ -550,8 +557,15 @@ class DialogueEngine:
             turn.say("utter_submit_failed", expects="confirm")
             return
         values = {"reference": receipt.reference}
-        turn.say(f"utter_submitted_{form.kind}", values, {"reference_spoken": spell_digits(receipt.reference)},
-                 reference=receipt.reference)
+        if receipt.duplicate and receipt.reference:
+            turn.say("utter_already_applied", {**values, "title": self.domain.label("category", form.name)},
+                     {"reference_spoken": spell_digits(receipt.reference),
+                      "title": self.domain.label("category", form.name)}, reference=receipt.reference)
+        elif receipt.duplicate:
+            turn.say("utter_already_applied_elsewhere", {"title": self.domain.label("category", form.name)})
+        else:
+            turn.say(f"utter_submitted_{form.kind}", values, {"reference_spoken": spell_digits(receipt.reference)},
+                     reference=receipt.reference)
         state.end_form()
         state.misses = 0
         turn.say("utter_anything_else", expects="menu")
@@ -615,6 +629,10 @@ class DialogueEngine:
             # A typed number proves nothing about who is asking: only the verified caller ID
             # (or a reference number, which the resident was given) opens the list.
             turn.say("utter_progress_phone_unverified")
+            return
+        if not key and not state.phone:
+            # No reference and no caller ID: say how to ask instead of "nothing found".
+            turn.say("utter_progress_how_without_caller_id")
             return
         if key:
             try:

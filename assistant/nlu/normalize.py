@@ -22,6 +22,14 @@ _SPACES = re.compile(r"\s+")
 _LATIN_TOKEN = re.compile(r"[a-z]+")
 # 喂喂喂喂 → 喂喂, but never digits: "0000" in a phone number is data.
 _REPEATED_CHAR = re.compile(r"([^\d零〇一二三四五六七八九幺两洞])\1{2,}")
+# A lone surrogate (JSON "\ud800", a bad terminal byte) cannot be encoded: OpenCC raised on it.
+# NUL is refused by Postgres text columns.
+_INVALID = re.compile("[\ud800-\udfff\x00]")
+
+
+def valid_text(text: str) -> str:
+    """The text with every lone surrogate and NUL replaced by U+FFFD, so any encoder accepts it."""
+    return _INVALID.sub("\ufffd", text)
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class Lexicon:
         converter = _converter()
         # Keys are stored simplified; converting again guards against a traditional key slipping in.
         replacements = {
-            converter.convert(str(k)): str(v)
+            converter.convert(valid_text(str(k))): str(v)
             for section in ("dialect", "homophones")
             for k, v in (doc.get(section) or {}).items()
             if str(k) != str(v)
@@ -86,6 +94,7 @@ class Normalizer:
         )
 
     def __call__(self, text: str) -> str:
+        text = valid_text(text)  # every entry point (terminal, tests, HTTP) passes through here
         s = unicodedata.normalize("NFKC", text).lower()
         s = _converter().convert(s)
         if self.lexicon.abbreviations:

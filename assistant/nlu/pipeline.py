@@ -1,17 +1,23 @@
 """The NLU pipeline: normalise → entities → intent → fallback. Returns Rasa-shaped parse results."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jieba
 import joblib
 import sklearn
 
@@ -64,6 +70,30 @@ class NLUSettings:
             digest.update(path.read_bytes() if path.exists() else b"")
         digest.update(json.dumps([MODEL_FORMAT, sklearn.__version__, repr(self.classifier)]).encode())
         return digest.hexdigest()[:16]
+
+
+def _jieba_cache_in(model_dir: Path) -> None:
+    """jieba caches its prefix dictionary in /tmp, which systemd's PrivateTmp empties at every
+    restart (rebuilding it costs a worker ~1.5 s): keep it with the models instead."""
+    if jieba.dt.initialized or jieba.dt.tmp_dir is not None:
+        return
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only model directory: /tmp it is
+        return
+    if os.access(model_dir, os.W_OK):
+        jieba.dt.tmp_dir = str(model_dir)
+
+
+@contextmanager
+def _training_lock(model_dir: Path, name: str) -> Iterator[None]:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with open(model_dir / f"{name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class LookupExtractor:
@@ -125,22 +155,46 @@ class NLU:
         os.replace(tmp, path)
         return path
 
+    @staticmethod
+    def cached_model(settings: NLUSettings) -> Path | None:
+        """The model file trained on exactly this data and config, if there is one."""
+        path = settings.model_dir / f"nlu-{settings.fingerprint()}.joblib"
+        return path if path.exists() else None
+
     @classmethod
     def load_or_train(cls, settings: NLUSettings) -> NLU:
-        """Loads the model trained on exactly this data and config; trains and saves it if missing."""
+        """Loads the model trained on exactly this data and config; trains and saves it if missing.
+
+        Trained once, not once per process: deploys run `python -m assistant train --if-missing`
+        at build time, and processes that start together without a model (several web workers
+        after the training data changed) take a file lock, so one trains and the others load
+        what it saved."""
+        _jieba_cache_in(settings.model_dir)
         load_dictionary(settings.dictionary_path)
         path = settings.model_dir / f"nlu-{settings.fingerprint()}.joblib"
         data = load_training_data(settings.data_path)
-        if path.exists():
-            try:
-                return cls(settings, IntentClassifier(joblib.load(path)), data)
-            except Exception:  # a corrupt or incompatible file is rebuilt, not fatal
-                log.warning("model file %s unreadable; retraining", path, exc_info=True)
-        log.info("training NLU model (%d examples)…", len(data.examples))
-        nlu = cls.train(settings)
-        saved = nlu.save()
+        nlu = cls._load(settings, path, data)
+        if nlu is not None:
+            return nlu
+        with _training_lock(settings.model_dir, path.stem):
+            nlu = cls._load(settings, path, data)  # another process trained it while we waited
+            if nlu is not None:
+                return nlu
+            log.info("training NLU model (%d examples)…", len(data.examples))
+            nlu = cls.train(settings)
+            saved = nlu.save()
         log.info("NLU model saved to %s", saved)
         return nlu
+
+    @classmethod
+    def _load(cls, settings: NLUSettings, path: Path, data: TrainingData) -> NLU | None:
+        if not path.exists():
+            return None
+        try:
+            return cls(settings, IntentClassifier(joblib.load(path)), data)
+        except Exception:  # a corrupt or incompatible file is rebuilt, not fatal
+            log.warning("model file %s unreadable; retraining", path, exc_info=True)
+            return None
 
     # -- parsing ------------------------------------------------------------------------------
     def parse(self, text: str, now: datetime) -> ParseResult:
@@ -178,3 +232,76 @@ class NLU:
         known = name in self.intents or name == FALLBACK_INTENT
         intent = IntentScore(name if known else FALLBACK_INTENT, 1.0)
         return ParseResult(text, text, intent, (intent,), tuple(entities))
+
+
+class NLUNotReady(TimeoutError):
+    """The model is still loading (or failed to load) after the caller's wait. A TimeoutError, so
+    the core answers the turn with its kind "busy, try again" reply instead of failing it."""
+
+
+class BackgroundNLU:
+    """An NLU that loads in a background thread, so a web worker answers /healthz at once and
+    /readyz says "not ready" (503) until the model is in memory; then it serves like the NLU it
+    wraps. A turn that arrives meanwhile waits for the load (a second or two with the model on
+    disk), at most `wait_seconds`, then gets NLUNotReady.
+
+    `when_done` runs in the loading thread once the load is over, with the NLU (None if it
+    failed): web processes turn the garbage collector back on there."""
+
+    def __init__(self, load: Callable[[], NLU], *, wait_seconds: float = 30.0,
+                 when_done: Callable[[NLU | None], None] | None = None, name: str = "nlu-load") -> None:
+        self._load, self._when_done = load, when_done
+        self.wait_seconds = wait_seconds
+        self._done = threading.Event()
+        self._nlu: NLU | None = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.seconds: float | None = None  # how long the load took, once done
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        nlu: NLU | None = None
+        try:
+            nlu = self._load()
+            self.seconds = time.monotonic() - self.started
+            log.info("NLU model loaded in %.1f s", self.seconds)
+        except BaseException as exc:  # noqa: BLE001 (reported by /readyz and at every parse)
+            self.error = exc
+            log.error("NLU model could not be loaded: the worker stays not ready", exc_info=True)
+        if self._when_done is not None:
+            try:
+                self._when_done(nlu)
+            except Exception:  # a tuning hook must never leave the worker unready
+                log.warning("after-load hook failed", exc_info=True)
+        self._nlu = nlu
+        self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._nlu is not None
+
+    @property
+    def state(self) -> str:
+        """'ok', 'loading' or 'failed', for /readyz."""
+        if self._nlu is not None:
+            return "ok"
+        return "failed" if self._done.is_set() else "loading"
+
+    def wait(self, timeout: float | None = None) -> NLU:
+        if not self._done.wait(self.wait_seconds if timeout is None else timeout) or self._nlu is None:
+            raise NLUNotReady("NLU model failed to load" if self.error is not None else "NLU model still loading")
+        return self._nlu
+
+    # -- the NLU interface the core uses ------------------------------------------------------------
+    def parse(self, text: str, now: datetime) -> ParseResult:
+        return self.wait().parse(text, now)
+
+    @property
+    def intents(self) -> list[str]:
+        return self.wait().intents
+
+    def __getattr__(self, name: str) -> Any:  # settings, normalizer, classifier, …: the loaded NLU's
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.wait(), name)

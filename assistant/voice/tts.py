@@ -22,6 +22,7 @@ purges DATA_DIR/tts with the recordings.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,6 +77,9 @@ class TtsSettings:
     fallback: str = "espeak"  # espeak | none
     pauses: Pauses = field(default_factory=Pauses)
     say: Mapping[str, SayVoice] = field(default_factory=lambda: dict(DEFAULT_SAY))
+    # Secret that keys the cache's file names (set by the deployment, not config.yml): a read-back
+    # holds a phone or ID number, and a plain hash of it could be reversed by trying numbers.
+    cache_key: bytes = field(default=b"", repr=False)
 
     @classmethod
     def from_config(cls, config: VoiceConfig) -> TtsSettings:
@@ -191,7 +195,11 @@ class LocalVoice:
         return for_the_ear(text, self.settings.pauses)
 
     def _phrase_key(self, phrase: Phrase) -> str:
-        return hashlib.sha256(f"{self.identity}|{int(phrase.digits)}|{phrase.text}".encode()).hexdigest()[:32]
+        return self._file_name(f"{self.identity}|{int(phrase.digits)}|{phrase.text}")
+
+    def _file_name(self, what: str) -> str:
+        message = what.encode("utf-8", "surrogatepass")
+        return hmac.new(self.settings.cache_key, message, hashlib.sha256).hexdigest()[:32]
 
     def phrase_audio(self, phrase: Phrase, keep: bool = False) -> np.ndarray:
         """Samples for one phrase (no pause); from memory, the phrase cache, or synthesised now.
@@ -229,8 +237,7 @@ class LocalVoice:
 
     # --- replies -----------------------------------------------------------------------------
     def reply_path(self, text: str) -> Path:
-        digest = hashlib.sha256(f"{self.identity}|{text}".encode("utf-8", "surrogatepass")).hexdigest()
-        return self.cache_dir / f"{digest[:32]}.wav"
+        return self.cache_dir / f"{self._file_name(f'{self.identity}|{text}')}.wav"
 
     def chunks(self, text: str, keep: bool = False) -> Iterator[SpeechChunk]:
         for phrase in self.phrases(text):
@@ -376,10 +383,10 @@ def _local_engine(kind: str, cache_dir: Path, settings: TtsSettings, backup: Loc
     return engine(cache_dir / kind, settings)
 
 
-def build_tts(config: VoiceConfig, data_dir: Path) -> Voices:
+def build_tts(config: VoiceConfig, data_dir: Path, cache_key: bytes = b"") -> Voices:
     """The configured voice; Kokoro → espeak-ng → Twilio <Say> as each one is missing (logged, and
-    shown by `doctor` as `fallback_reason`)."""
-    settings = TtsSettings.from_config(config)
+    shown by `doctor` as `fallback_reason`). `cache_key` keys the cache's file names."""
+    settings = replace(TtsSettings.from_config(config), cache_key=cache_key)
     cache_dir = data_dir / "tts"
     if settings.engine == "twilio_say":
         return Voices(TwilioSay(settings), None, settings)
