@@ -35,18 +35,25 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
                 derandomize=True)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, model_dir, nlu):
-    """One app for the module: hypothesis runs many examples against the same real store."""
-    data = tmp_path_factory.mktemp("boundary")
+def public_app(tmp_path_factory, model_dir, nlu, name: str):
+    """The real app over a fresh SQLite store, with the staff token, an Open311 key and the
+    households' device tokens (shared with test_schemathesis); yields it, then closes it."""
+    data = tmp_path_factory.mktemp(name)
     env = {"DATA_DIR": str(data / "var"), "MODEL_DIR": str(model_dir),
-           "DATABASE_URL": f"sqlite:///{data / 'var' / 'boundary.db'}",
+           "DATABASE_URL": f"sqlite:///{data / 'var' / f'{name}.db'}",
            "STAFF_API_TOKEN": STAFF_TOKEN, "OPEN311_API_KEYS": OPEN311_KEY}
     (data / "var").mkdir()
     runtime = build_runtime(load_settings(env), clock=FakeClock(), nlu=nlu)
     runtime.alerts.register_households(load_households(HOUSEHOLDS))
-    yield create_app(runtime).test_client()
+    yield create_app(runtime)
     runtime.voice.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, model_dir, nlu):
+    """One app for the module: hypothesis runs many examples against the same real store."""
+    for app in public_app(tmp_path_factory, model_dir, nlu, "boundary"):
+        yield app.test_client()
 
 
 def post_json(client, path: str, body, headers=None):

@@ -7,26 +7,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from test_boundary import DEVICE, HOUSEHOLDS, OPEN311_KEY, STAFF, STAFF_TOKEN
-
-from assistant.config import load_settings
-from backend.alerts.households import load_households
-from channels.app import create_app
-from core_fixtures import FakeClock
-from runtime.container import build_runtime
+from test_boundary import DEVICE, OPEN311_KEY, STAFF, public_app
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_dir, nlu):
-    data = tmp_path_factory.mktemp("schemathesis")
-    env = {"DATA_DIR": str(data / "var"), "MODEL_DIR": str(model_dir),
-           "DATABASE_URL": f"sqlite:///{data / 'var' / 'api.db'}",
-           "STAFF_API_TOKEN": STAFF_TOKEN, "OPEN311_API_KEYS": OPEN311_KEY}
-    (data / "var").mkdir()
-    runtime = build_runtime(load_settings(env), clock=FakeClock(), nlu=nlu)
-    runtime.alerts.register_households(load_households(HOUSEHOLDS))
-    yield create_app(runtime)
-    runtime.voice.close()
+    yield from public_app(tmp_path_factory, model_dir, nlu, "schemathesis")
 
 
 @pytest.fixture(scope="module")
