@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from fixtures.twilio_world import AUTH_TOKEN, inbound_params, sign
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +42,7 @@ def public_app(tmp_path_factory, model_dir, nlu, name: str):
     data = tmp_path_factory.mktemp(name)
     env = {"DATA_DIR": str(data / "var"), "MODEL_DIR": str(model_dir),
            "DATABASE_URL": f"sqlite:///{data / 'var' / f'{name}.db'}",
-           "STAFF_API_TOKEN": STAFF_TOKEN, "OPEN311_API_KEYS": OPEN311_KEY}
+           "STAFF_API_TOKEN": STAFF_TOKEN, "OPEN311_API_KEYS": OPEN311_KEY, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
     (data / "var").mkdir()
     runtime = build_runtime(load_settings(env), clock=FakeClock(), nlu=nlu)
     runtime.alerts.register_households(load_households(HOUSEHOLDS))
@@ -324,3 +325,26 @@ def test_fuzz_query_strings_never_5xx(world, path, query, raw):
         pairs = [(k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")) for k, v in query]
         response = world.get(path, headers=STAFF, query_string=urlencode(pairs))
     assert response.status_code < 500, (path, query, raw, response.get_data(as_text=True)[:300])
+
+
+TWILIO_FORMS = ["/webhooks/twilio/sms", "/webhooks/twilio/sms/status", "/webhooks/twilio/voice",
+                "/webhooks/twilio/voice/gather", "/webhooks/twilio/voice/status", "/webhooks/twilio/voice/dial-done"]
+TWILIO_FIELDS = st.dictionaries(
+    st.sampled_from(["Body", "NumMedia", "MediaUrl0", "MediaContentType0", "From", "MessageSid", "MessageStatus",
+                     "ErrorCode", "CallSid", "CallStatus", "Digits", "SpeechResult", "Confidence", "DialCallStatus",
+                     "CallDuration", "Latitude", "Longitude"]) | TEXT,
+    st.one_of(TEXT, st.sampled_from(["", "0", "3", "99", "-1", "abc", "1e999", "nan", "completed", "no-answer",
+                                     "+8613800138000", "https://api.twilio.com/x.jpg", "image/jpeg", "#", "*0"])),
+    max_size=6)
+
+
+@FUZZ
+@given(path=st.sampled_from(TWILIO_FORMS), fields=TWILIO_FIELDS)
+def test_fuzz_signed_twilio_webhooks_never_5xx(world, path, fields):
+    """Correctly signed (so the request reaches the channel), with odd field values."""
+    params = {**inbound_params("你好"), "CallSid": "CA" + "0" * 32, **fields}
+    params = {k.encode("utf-8", "replace").decode(): v.encode("utf-8", "replace").decode() for k, v in params.items()}
+    signature = sign(f"http://localhost{path}", params)
+    response = world.post(path, data=params, headers={"X-Twilio-Signature": signature})
+    assert response.status_code < 500, (path, fields, response.get_data(as_text=True)[:300])
+    assert response.status_code != 403, "the signature was valid"
