@@ -594,17 +594,17 @@ class StoreBackend:
 
         def work(session: Session) -> ResidentRecord | None:
             resident = session.scalar(select(Resident).where(Resident.id_hash == id_hash))
-            verified = resident is not None and resident.phone_hash == phone_hash
+            verified = resident if resident is not None and resident.phone_hash == phone_hash else None
             append_audit(
                 session,
                 at=self._now(),
                 actor="assistant",
                 action="read",
                 entity_type="resident",
-                entity_id=resident.id if resident is not None and verified else None,
-                detail={"by": "id_number+phone", "found": verified},
+                entity_id=verified.id if verified is not None else None,
+                detail={"by": "id_number+phone", "found": verified is not None},
             )
-            return self._record(resident) if resident is not None and verified else None
+            return self._record(verified) if verified is not None else None
 
         return self._transaction(work)
 

@@ -292,12 +292,10 @@ class Store:
         from sqlalchemy import create_engine
 
         from assistant.config import load_settings
-        from backend.models import idempotency_digest
         from runtime.container import make_cipher
 
         settings = load_settings(env)
         self.cipher = make_cipher(settings)
-        self.digest = idempotency_digest
         url = settings.database_url
         self.engine = create_engine(url, pool_pre_ping=True, pool_size=2)
 
@@ -319,8 +317,10 @@ class Store:
 
     def tickets_by_sid(self, sids: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
         """MessageSid → [(ticket id, reference)] of the tickets created for it."""
+        from backend.models import idempotency_digest
+
         # The column holds a keyed hash of "sms:<sid>", never the sid itself.
-        keys = {self.digest(self.cipher, f"sms:{sid}"): sid for sid in sids}
+        keys = {idempotency_digest(self.cipher, f"sms:{sid}"): sid for sid in sids}
         out: dict[str, list[tuple[int, str]]] = {}
         for key, ticket_id, ref in self.rows(
                 "SELECT idempotency_key, id, reference FROM tickets WHERE idempotency_key IN :keys", keys=list(keys)):
