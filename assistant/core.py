@@ -9,7 +9,7 @@ from assistant.dialogue.engine import DialogueEngine
 from assistant.dialogue.state import ConversationState
 from assistant.nlu.pipeline import NLU
 from assistant.ports import Clock, SessionStore, StoreUnavailable
-from assistant.types import Button, ParseResult, Reply, UserMessage
+from assistant.types import Button, ConversationStatus, ParseResult, Reply, Turn, UserMessage
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,33 @@ class Assistant:
         return self.nlu.parse(text, self.clock())
 
     def handle(self, message: UserMessage) -> list[Reply]:
+        return list(self.turn(message).replies)
+
+    def turn(self, message: UserMessage) -> Turn:
+        """One user turn: the replies, and the conversation's status after it."""
         # The lock wait is short: a turn takes milliseconds, so a held lock means a double tap or
         # a turn cut by a crash (its lease then runs out); a sync web worker must not sit waiting.
         try:
-            return self._handle(message)
+            return self._turn(message)
         except TimeoutError:
             # Another turn of this conversation is still running (a double tap, a retried
             # webhook); answering kindly beats queueing the resident behind it.
             rendered = self.engine.domain.render("utter_busy")
-            return [Reply(rendered.text, speech=rendered.speech)]
+            return Turn((Reply(rendered.text, speech=rendered.speech, name="utter_busy"),), ConversationStatus(active=True))
         except StoreUnavailable:
             # Nothing of this turn was kept: say so, and give a way to a person that works now.
             log.warning("session store unavailable: answered 'try again later'", exc_info=True)
             hotline = {"hotline": self.engine.settings.hotline}
             rendered = self.engine.domain.render("utter_unavailable", hotline, hotline)
-            return [Reply(rendered.text, speech=rendered.speech)]
+            return Turn((Reply(rendered.text, speech=rendered.speech, name="utter_unavailable"),), ConversationStatus())
 
-    def _handle(self, message: UserMessage) -> list[Reply]:
+    def status(self, channel: str, sender_id: str) -> ConversationStatus:
+        """Where this sender's conversation stands (no lock: a read between turns).
+        Raises StoreUnavailable when the session store cannot be read."""
+        raw = self.sessions.load(self.session_key(channel, sender_id))
+        return _status(ConversationState.from_dict(raw)) if raw else ConversationStatus()
+
+    def _turn(self, message: UserMessage) -> Turn:
         key = self.session_key(message.channel, message.sender_id)
         # Log lines of this turn carry a non-personal id of the conversation, the same in any worker.
         with logcontext.conversation(key), self.sessions.lock(key, self.lock_timeout_seconds):
@@ -60,19 +70,26 @@ class Assistant:
             )
             if message.message_id and message.message_id == state.last_message_id:
                 # A redelivered webhook gets the same answer and changes nothing.
-                return [_reply_from_dict(r) for r in state.last_turn_replies]
+                return Turn(tuple(_reply_from_dict(r) for r in state.last_turn_replies), _status(state))
             parse = self.nlu.parse(message.text, self.clock())
             replies = self.engine.handle(state, parse, message)
             state.last_message_id = message.message_id
             state.last_turn_replies = [asdict(r) for r in replies]
             if replies and replies[-1].end_session:
                 self.sessions.delete(key)
-            else:
-                self.sessions.save(key, state.to_dict(), self.session_ttl_seconds)
-        return replies
+                return Turn(tuple(replies), ConversationStatus())
+            self.sessions.save(key, state.to_dict(), self.session_ttl_seconds)
+        return Turn(tuple(replies), _status(state))
 
     def reset(self, channel: str, sender_id: str) -> None:
         self.sessions.delete(self.session_key(channel, sender_id))
+
+
+def _status(state: ConversationState) -> ConversationStatus:
+    last = state.last_turn_replies[-1] if state.last_turn_replies else {}
+    return ConversationStatus(active=True, in_form=state.form is not None, confirming=state.confirming,
+                              offer=state.offer is not None, expects=last.get("expects"),
+                              language=state.language)
 
 
 def _reply_from_dict(data: dict) -> Reply:

@@ -22,6 +22,12 @@ class MenuStep:
     back: str | None = None
 
 
+# What the phone channels say by name from a flow's `messages:` (silence, retries, read-back of
+# speech, hand-over, the agent's whisper …).
+REQUIRED_MESSAGES = ("no_input", "not_understood", "confirm_speech", "say_again", "no_agent", "more",
+                     "goodbye", "error", "whisper")
+
+
 @dataclass(frozen=True)
 class IvrFlow:
     name: str
@@ -69,6 +75,9 @@ class IvrFlow:
         """A flow error should stop the server at start, not a caller in the middle of a call."""
         if self.start not in self.steps:
             raise ValueError(f"start step {self.start!r} is not defined")
+        missing = [name for name in REQUIRED_MESSAGES if not self.messages.get(name)]
+        if missing:
+            raise ValueError(f"flow {self.name!r} lacks messages: {', '.join(missing)} (every one is said on some call)")
         for step in self.steps.values():
             tasks = [k for k in step.options if k not in self.keys]
             if len(tasks) > 4:

@@ -107,6 +107,13 @@ class ActingForRefused(Exception):
     how_to_ask: str = ""
 
 
+class ProxyCheck(Protocol):
+    """Whether a family member may start a form for a senior (the backend's grant decision)."""
+
+    allowed: bool
+    how_to_ask: str | None
+
+
 class ServiceBackend(Protocol):
     def submit_case(self, request: CaseRequest) -> CaseReceipt: ...
 
@@ -119,4 +126,9 @@ class ServiceBackend(Protocol):
     def identify(self, *, id_number: str, phone: str | None) -> ResidentRecord | None:
         """The record for this ID number only when `phone` is that resident's registered phone;
         None for an unknown ID and for another phone alike (an ID alone reveals nothing)."""
+        ...
+
+    def precheck(self, proxy_phone: str | None, kind: str) -> ProxyCheck | None:
+        """At the start of a form filled for someone else: None when no grant is needed (or
+        this backend keeps no grants), else whether `proxy_phone` may go on."""
         ...

@@ -100,3 +100,47 @@ class Reply:
     live_agent: bool = False
     # The case reference this reply announces (submission or handoff), for channels to act on.
     reference: str | None = None
+    # The domain.yml response it was rendered from: channels pick by this key, never by the text.
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversationStatus:
+    """What a channel may know of a conversation between turns, so that no channel reads the
+    core's session layout: a recogniser primed for yes/no, an SMS that continues a form."""
+
+    active: bool = False  # a conversation is stored for this sender
+    in_form: bool = False  # a form is being filled
+    confirming: bool = False  # the read-back waits for 对/不对
+    offer: bool = False  # a yes/no offer (e.g. a person) waits for an answer
+    expects: str | None = None  # what the last reply asked for (slot name, "confirm", "menu" …)
+    language: str = "zh"  # the language the conversation is spoken in
+
+    @property
+    def answer_kind(self) -> str | None:
+        """The closed answer a recogniser may expect: "confirm", "yes_no", or None (open)."""
+        return "confirm" if self.confirming else "yes_no" if self.offer else None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The result of one user turn: what to say, and where the conversation stands after it."""
+
+    replies: tuple[Reply, ...]
+    status: ConversationStatus
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.text for r in self.replies)
+
+    @property
+    def expects(self) -> str | None:
+        return self.replies[-1].expects if self.replies else None
+
+    @property
+    def handoff(self) -> bool:
+        return any(r.handoff for r in self.replies)
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.replies) and self.replies[-1].end_session

@@ -584,6 +584,10 @@ class StoreBackend:
             extra=extra,
         )
 
+    def precheck(self, proxy_phone: str | None, kind: str) -> None:
+        """The plain store keeps no family grants (ProxyAwareBackend does): nothing to check."""
+        return None
+
     def identify(self, *, id_number: str, phone: str | None) -> ResidentRecord | None:
         """The record of the resident with this ID number, only when `phone` (a caller ID or a
         phone proven by a one-time code) is that resident's registered phone. None otherwise,

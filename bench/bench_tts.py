@@ -35,8 +35,8 @@ from assistant.dialogue.render import spell_digits, spell_phone  # noqa: E402
 from assistant.voice.engines import build_recognizer  # noqa: E402
 from assistant.voice.prompts import fixed_phrases, load_prompts, sample_prompts  # noqa: E402
 from assistant.voice.recognizer import VoiceConfig  # noqa: E402
-from assistant.voice.tts import build_tts  # noqa: E402
 from assistant.voice.tts_eval import evaluate, half_of, summarise  # noqa: E402
+from assistant.voice.tts_select import build_tts  # noqa: E402
 
 DEFAULT_VOICES = ("kokoro", "espeak:cmn-latn-pinyin", "espeak:cmn")
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"

@@ -148,7 +148,7 @@ def bench_latency(data, turns: int) -> None:
     from assistant.types import UserMessage
     from assistant.voice.engines import build_recognizer
     from assistant.voice.pipeline import VoiceTurnRequest, run_voice_turn
-    from assistant.voice.tts import build_tts
+    from assistant.voice.tts_select import build_tts
     from runtime.container import build_runtime
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))

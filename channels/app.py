@@ -22,6 +22,7 @@ from channels import (
     twilio_voice,
 )
 from channels.proxies import apply_trusted_proxies, trusted_proxy_hops
+from channels.runtime_port import ChannelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ DETAILS = {
 }
 
 
-def create_app(runtime) -> Flask:
+def create_app(runtime: ChannelRuntime) -> Flask:
     app = Flask(__name__)
     boundary.install(app)  # the one input boundary, before any channel sees a request
     app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024  # webhooks are small; media is fetched, not posted

@@ -24,7 +24,6 @@ from typing import Any
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from assistant.dialogue.domain import Domain
 from backend.models import STATUS_LABELS_ZH
 from backend.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
 from backend.staff_queries import (
@@ -35,6 +34,7 @@ from backend.staff_queries import (
     transcript_lines,
 )
 from channels.boundary import safe_equal
+from channels.runtime_port import ChannelRuntime
 
 NAME = "console"
 COOKIE = "console_session"
@@ -62,14 +62,14 @@ LOGIN_MESSAGES = {"invalid": ("用户名或密码不对，请再试一次。", 4
                                 "仍然不行，请联系管理员。", 429)}
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__, url_prefix="/console", template_folder="templates",
                    static_folder="static/console", static_url_path="/static")
     services = runtime.staff
     directory, queries = services.directory, services.queries
     tz = runtime.settings.timezone
     # Form and slot names as staff read them (the same labels the assistant speaks).
-    domain = Domain.load(runtime.settings.root / "domain.yml")
+    domain = runtime.domain
     slot_labels = {name: spec.label for name, spec in domain.slots.items()}
     # Production sits behind HTTPS; plain-HTTP loopback (development, tests) would drop Secure cookies.
     secure_cookie = runtime.settings.env.get("APP_ENV") == "production"

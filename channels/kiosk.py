@@ -23,6 +23,7 @@ from assistant.types import Button, Reply, UserMessage
 from assistant.voice.audio import AudioError, load_for_asr
 from assistant.voice.phrases import answer_expectation, heard_answer
 from channels.boundary import HUMAN_BUTTON, TOO_LONG_TEXT
+from channels.runtime_port import ChannelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _error(code: str, detail: str, status: int = 400):
     return jsonify({"error": code, "detail": detail}), status
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     assistant = runtime.assistant
 
@@ -126,8 +127,7 @@ def make_blueprint(runtime: Any) -> Blueprint:
             audio = load_for_asr(data)
         except AudioError:
             return _error("invalid_audio", "这段声音打不开，请再说一次。")
-        state = assistant.sessions.load(assistant.session_key(CHANNEL, session)) or {}
-        expects = "confirm" if state.get("confirming") else "yes_no" if state.get("offer") else None
+        expects = assistant.status(CHANNEL, session).answer_kind
         try:
             transcript = voice.pool.transcribe(audio, answer_expectation(expects),
                                                timeout=voice.config.decode_timeout_seconds)

@@ -31,6 +31,7 @@ from flask import Blueprint, jsonify, request, send_file
 from backend.crypto import hmac_sm3_hex
 from backend.tickets import TicketView
 from channels.boundary import safe_equal
+from channels.runtime_port import ChannelRuntime
 
 NAME = "open311"
 CLOSED = {"resolved", "rated", "closed", "rejected", "duplicate", "cancelled"}
@@ -85,7 +86,7 @@ def _parse_time(value: str | None) -> datetime | None:
     return parsed
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     loop = runtime.ticket_loop
     desk = loop.desk

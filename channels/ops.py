@@ -30,6 +30,7 @@ from assistant import logcontext
 from assistant.privacy import mask_text
 from backend import observability as obs
 from backend.sessions import RedisSessionStore
+from channels.runtime_port import ChannelRuntime
 
 NAME = "ops"
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _redis_client(runtime: Any) -> redis.Redis | None:
     return None
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     obs.bind_runtime(runtime)
     redis_client = _redis_client(runtime)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from assistant.ivr import CallInput, IvrFlow, IvrNavigator, IvrOutcome
 from assistant.ports import StoreUnavailable
 from assistant.types import Reply, UserMessage
+from channels.runtime_port import ChannelRuntime
 
 CHANNEL = "voice"
 LANGUAGES = ("zh", "yue")  # Mandarin (default), Cantonese
@@ -28,7 +29,7 @@ class CallStep:
 
 
 class PhoneCall:
-    def __init__(self, runtime: Any, flow: IvrFlow) -> None:
+    def __init__(self, runtime: ChannelRuntime, flow: IvrFlow) -> None:
         self.runtime = runtime
         self.flow = flow
         self.nav = IvrNavigator(flow)
@@ -37,10 +38,9 @@ class PhoneCall:
     def language(self, call_sid: str) -> str:
         """The language the call is spoken in, as the conversation last left it ("zh" until then)."""
         try:
-            state = self.runtime.sessions.load(self.runtime.assistant.session_key(CHANNEL, call_sid)) or {}
+            language = self.runtime.assistant.status(CHANNEL, call_sid).language
         except StoreUnavailable:
             return "zh"  # the prompt still gets said, in the default voice
-        language = state.get("language")
         return language if language in LANGUAGES else "zh"
 
     def greet(self, call_sid: str, caller: str | None) -> CallStep:

@@ -15,6 +15,7 @@ from flask import Blueprint, jsonify, request
 
 from assistant.types import Reply, UserMessage
 from channels.boundary import HUMAN_BUTTON, TOO_LONG_TEXT
+from channels.runtime_port import ChannelRuntime
 
 NAME = "rest"
 MAX_MESSAGE_CHARS = 2000
@@ -47,7 +48,7 @@ def render(reply: Reply, recipient_id: str) -> dict[str, Any]:
     return out
 
 
-def make_blueprint(runtime) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     assistant = runtime.assistant
 

@@ -23,6 +23,7 @@ from flask import Blueprint, Response, jsonify, request
 from twilio.twiml.voice_response import VoiceResponse
 
 from backend.alerts.desk import MAX_BATCH, BatchError, TokenError
+from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def _error(code: str, detail: str, status: int, **extra: Any):
     return jsonify({"error": code, "detail": detail, **extra}), status
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     desk = runtime.alerts
     signature = TwilioSignature(TwilioConfig.from_env(runtime.settings.env), "alert calls")

@@ -29,6 +29,7 @@ from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
 from channels.boundary import int_arg, safe_equal
 from channels.open311 import media_links
+from channels.runtime_port import ChannelRuntime
 
 NAME = "staff_api"
 ACTIONS = {"route", "accept", "start", "resolve", "reject", "reopen", "close"}
@@ -56,7 +57,7 @@ def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], medi
     return out
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__, url_prefix="/staff/api")
     desk = runtime.ticket_loop.desk
     links = media_links(runtime)  # photos are served only through signed, expiring links

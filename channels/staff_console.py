@@ -7,14 +7,14 @@ Every action goes through the API, so the rules and the resident's SMS are the s
 """
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, render_template
+
+from channels.runtime_port import ChannelRuntime
 
 NAME = "staff_console"
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__, template_folder="templates")
     desk = runtime.ticket_loop.desk
 

@@ -47,10 +47,10 @@ def run_chat(runtime, stdin: TextIO, stdout: TextIO, sender: str = "terminal", p
 def run_call(runtime, stdin: TextIO, stdout: TextIO, caller: str | None = None, sender: str = "CAterminal0001") -> None:
     """`python -m assistant call`: a phone call in the terminal, for staff training. Type keys
     (digits, *, #; a long number ends with #) or words as the caller would say them."""
-    from assistant.ivr import CallInput, IvrFlow
+    from assistant.ivr import CallInput
     from channels.phone_call import PhoneCall
 
-    phone = PhoneCall(runtime, IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml"))
+    phone = PhoneCall(runtime, runtime.ivr_flow)
     runtime.assistant.reset("voice", sender)
     stdout.write("（模拟来电：输入按键如 1、0、#，或直接输入要说的话；/hangup 挂机）\n")
     step = phone.greet(sender, caller)

@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from assistant.ivr import CallInput, IvrFlow
+from assistant.ivr import CallInput
 from assistant.voice.audio import TELEPHONE_RATE, load_for_asr, mulaw_encode, resample
 from assistant.voice.phrases import answer_expectation, heard_answer
 from assistant.voice.tts import SpeechChunk
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
+from channels.runtime_port import ChannelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +223,10 @@ def _closed(error: Exception) -> bool:
 class MediaStreamServer:
     """A `websockets` server on its own event loop thread, started by `serve` next to the WSGI app."""
 
-    def __init__(self, runtime: Any, host: str, port: int) -> None:
+    def __init__(self, runtime: ChannelRuntime, host: str, port: int) -> None:
         self.runtime = runtime
         self.host, self.port = host, port
-        self.flow = IvrFlow.load(runtime.settings.root / "ivr_flows" / "main.yml")
+        self.flow = runtime.ivr_flow
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Future[None] | None = None

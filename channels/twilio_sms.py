@@ -35,6 +35,7 @@ from backend.outbox import SendError, SendResult, SmsSender
 from backend.sms_format import e164, mainland_mobile, segments
 from backend.sms_inbox import SmsInbox
 from backend.tickets import IncomingMedia, IntakeResult, TicketDesk, UnitOfWork
+from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ _CANCEL_RE = re.compile(r"^取消(\d{8})?$")
 _CN_DIGITS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5}
 # What the core expected → how digit replies map to words it understands.
 _DIGIT_WORDS = {"confirm": {"1": "对", "2": "不对"}, "yes_no": {"1": "要", "2": "不要"}}
-_CONFIRM_PROMPT = "请说“对”或者“不对”。"
 REPORT_CATEGORIES = {"photo_report": "报修", "report_issue": "报修", "open311": "报修"}
 
 
@@ -133,7 +133,7 @@ def render_sms(replies: Sequence[Reply]) -> tuple[str, str | None]:
     parts = []
     for reply in replies:
         text = reply.text
-        if expects in _DIGIT_WORDS and text == _CONFIRM_PROMPT:
+        if expects in _DIGIT_WORDS and reply.name == "utter_confirm_buttons":
             continue  # replaced by the digit hint below
         parts.append(text)
     text = "".join(parts)
@@ -178,7 +178,7 @@ class SmsHandler:
                 u, msg.from_hash, match.group(1)))
             if result is not None:
                 return result
-        proxies = getattr(self.runtime, "proxies", None)
+        proxies = self.runtime.proxies
         if proxies is not None:  # 同意/不同意/取消代办 from a senior or family member
             outcome = proxies.handle_sms(msg.sender, msg.body)
             if outcome.handled:
@@ -277,8 +277,7 @@ class SmsHandler:
                     and parse.intent.confidence >= 0.6)
 
     def _in_conversation_form(self, msg: InboundSms) -> bool:
-        state = self.runtime.sessions.load(self.assistant.session_key(CHANNEL, msg.sender))
-        return bool(state and state.get("form"))
+        return self.assistant.status(CHANNEL, msg.sender).in_form
 
     def _progress(self, msg: InboundSms, reference: str | None) -> str:
         try:
@@ -337,7 +336,7 @@ def twiml(reply: Sequence[str]) -> Response:
     return Response(str(response), mimetype="application/xml")
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     bp = Blueprint(NAME, __name__)
     handler = SmsHandler(runtime)
     signature = TwilioSignature(handler.loop.twilio, NAME)

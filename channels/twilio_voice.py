@@ -31,6 +31,7 @@ from assistant.privacy import mask_phone
 from assistant.voice.tts import Speech, TwilioSay
 from backend.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall
+from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ def _input() -> CallInput:
                      speech=(request.form.get("SpeechResult") or "").strip(), confidence=value)
 
 
-def make_blueprint(runtime: Any) -> Blueprint:
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     settings: Settings = runtime.settings
-    flow = IvrFlow.load(settings.root / "ivr_flows" / "main.yml")
+    flow = runtime.ivr_flow
     phone = PhoneCall(runtime, flow)
     voice_config = settings.config.get("voice") or {}
     stream_url = settings.env.get("MEDIA_STREAM_URL") or None

@@ -131,7 +131,7 @@ def _cache_key(settings: Settings) -> bytes:
 
 
 def _tts(args: argparse.Namespace, settings: Settings, err: TextIO):
-    from assistant.voice.tts import build_tts
+    from assistant.voice.tts_select import build_tts
 
     voices = build_tts(_tts_config(args, settings), settings.data_dir, _cache_key(settings))
     if voices.fallback_reason:
@@ -218,7 +218,7 @@ def warm_prompts(settings: Settings, voices: Any, err: TextIO | None, stop: Any 
 def cmd_tts_warm(args: argparse.Namespace, settings: Settings | None = None,
                  stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     from assistant.voice.recognizer import VoiceConfig
-    from assistant.voice.tts import build_tts
+    from assistant.voice.tts_select import build_tts
 
     out, err = stdout or sys.stdout, stderr or sys.stderr
     settings = settings or load_settings()
@@ -302,7 +302,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
 
 def _tts_report(config: Any, settings: Settings, missing: list[str]) -> dict[str, Any]:
     """Which voice speaks, why it is not the configured one, and a test sentence's timing."""
-    from assistant.voice.tts import LocalVoice, TtsSettings, TtsUnavailable, build_tts
+    from assistant.voice.tts import LocalVoice, TtsSettings, TtsUnavailable
+    from assistant.voice.tts_select import build_tts
 
     wanted = TtsSettings.from_config(config)
     info: dict[str, Any] = {"configured": wanted.engine, "voice": wanted.voice, "speed": wanted.speed,

@@ -35,6 +35,7 @@ from backend.staff import StaffDirectory, StaffPolicy
 from backend.staff_queries import StaffQueries
 
 if TYPE_CHECKING:
+    from assistant.ivr import IvrFlow
     from backend.alerts.desk import AlertDesk
     from backend.alerts.rules import AlertRules
     from runtime.ticket_loop import TicketLoop
@@ -77,6 +78,19 @@ class Runtime:
     db_sessions: Callable[[], Session]  # SQLAlchemy session factory for other backend services
     calls: CallLog
     proxies: ProxyService | None = None
+
+    @property
+    def domain(self) -> Domain:
+        """domain.yml as the dialogue engine loaded (and checked) it: labels for staff pages too."""
+        return self.assistant.engine.domain
+
+    @built_once
+    def ivr_flow(self) -> IvrFlow:
+        """The phone menu (config.yml `voice.ivr_flow`, default ivr_flows/main.yml), checked once."""
+        from assistant.ivr import IvrFlow
+
+        path = (self.settings.config.get("voice") or {}).get("ivr_flow") or "ivr_flows/main.yml"
+        return IvrFlow.load(self.settings.root / path)
 
     def loading(self) -> dict[str, str]:
         """What a turn needs and is still being loaded in the background (a web worker loads the

@@ -26,7 +26,8 @@ from typing import Any
 from assistant.voice.engines import shared_recognizer, unavailable_reason
 from assistant.voice.recognizer import DecodePool, VoiceConfig
 from assistant.voice.speakable import split_sentences
-from assistant.voice.tts import LocalVoice, Speech, SpeechChunk, TtsSettings, TwilioSay, Voices, build_tts
+from assistant.voice.tts import LocalVoice, Speech, SpeechChunk, TtsSettings, TwilioSay, Voices
+from assistant.voice.tts_select import build_tts
 
 log = logging.getLogger(__name__)
 

@@ -430,3 +430,25 @@ def test_known_residents_address_and_name_are_not_asked_again(talk):
     later.say("明天中午订一份饭送到家")
     assert later.last.expects == "confirm"  # address came from the resident record
     assert "幸福小区3栋2单元501" in later.text
+
+
+def test_a_domain_missing_a_forms_read_back_is_refused_at_start_naming_it():
+    from datetime import datetime
+
+    import yaml
+
+    from assistant.config import ROOT
+    from assistant.dialogue.domain import Domain
+    from assistant.dialogue.engine import DialogueEngine, DialogueSettings
+
+    doc = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
+    DialogueEngine(Domain(doc), None, DialogueSettings(), datetime.now)  # complete: starts
+    del doc["responses"]["utter_confirm_apply_senior_card"]
+    doc["forms"]["apply_senior_card"]["required_slots"].append("meal_time")
+    for name in [n for n in doc["responses"] if n.endswith("_meal_time")]:
+        del doc["responses"][name]
+    with pytest.raises(ValueError) as refused:
+        DialogueEngine(Domain(doc), None, DialogueSettings(), datetime.now)
+    message = str(refused.value)
+    assert "utter_confirm_apply_senior_card" in message and "read back" in message
+    assert "utter_ask_meal_time" in message and "apply_senior_card asks for meal_time" in message

@@ -22,8 +22,9 @@ from assistant.voice.engines import shared_recognizer
 from assistant.voice.espeak_tts import EspeakNg, Pyttsx3Espeak
 from assistant.voice.kokoro_tts import KokoroVoice, parse_style_mix
 from assistant.voice.recognizer import VoiceConfig
-from assistant.voice.tts import LocalVoice, TtsSettings, TtsUnavailable, TwilioSay, Voices, build_tts, for_listening
+from assistant.voice.tts import LocalVoice, TtsSettings, TtsUnavailable, TwilioSay, Voices, for_listening
 from assistant.voice.tts_eval import score, telephone_line
+from assistant.voice.tts_select import build_tts
 from runtime import cli_voice
 
 

@@ -260,6 +260,17 @@ def test_flow_file_is_checked_at_load(tmp_path):
         IvrFlow.load(bad)
 
 
+def test_a_flow_without_a_message_the_phone_says_is_refused_at_load(tmp_path):
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "ivr_flows" / "main.yml").read_text(encoding="utf-8"))
+    del doc["messages"]["no_agent"]
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ValueError, match="lacks messages: no_agent"):
+        IvrFlow.load(bad)
+
+
 def test_navigator_maps_keys_by_what_the_core_expects():
     nav = IvrNavigator(IvrFlow.load(ROOT / "ivr_flows" / "main.yml"))
     assert nav.in_conversation("confirm", CallInput(digits="1")).text == "/affirm"

@@ -104,6 +104,15 @@ class Domain:
     def load(cls, path: Path) -> Domain:
         return cls(yaml.safe_load(path.read_text(encoding="utf-8")))
 
+    def require(self, needed: Mapping[str, str]) -> None:
+        """Refuses, at start-up, a domain that lacks a response the dialogue will say (a form
+        without its read-back would otherwise start, then fail at the confirmation step).
+        `needed` maps each response name (or "a|b": either one) to why it is needed."""
+        missing = [f"{name} ({why})" for name, why in needed.items()
+                   if not any(self.has(option) for option in name.split("|"))]
+        if missing:
+            raise ValueError("domain.yml is missing responses: " + "; ".join(missing))
+
     def has(self, name: str) -> bool:
         return name in self.responses
 

@@ -66,7 +66,7 @@ class _Turn:
     def say(self, name: str, text_values: Mapping[str, Any] | None = None,
             speech_values: Mapping[str, Any] | None = None, *, slow: bool = False, **flags: Any) -> None:
         rendered = self.domain.render(name, text_values, speech_values, slow=slow)
-        self.replies.append(Reply(rendered.text, rendered.buttons, rendered.speech, **flags))
+        self.replies.append(Reply(rendered.text, rendered.buttons, rendered.speech, name=name, **flags))
         self.said.append([name, dict(text_values or {}), dict(speech_values or text_values or {})])
 
     def mark_last(self, **flags: Any) -> None:
@@ -76,6 +76,7 @@ class _Turn:
 
 class DialogueEngine:
     def __init__(self, domain: Domain, backend: ServiceBackend, settings: DialogueSettings, clock: Clock) -> None:
+        domain.require(required_responses(domain))
         self.domain = domain
         self.backend = backend
         self.settings = settings
@@ -171,9 +172,8 @@ class DialogueEngine:
         state.on_behalf = self.domain.forms[form_name].kind != "proxy_request" and any(
             marker in parse.normalized for marker in PROXY_MARKERS
         )
-        precheck = getattr(self.backend, "precheck", None)
-        if state.on_behalf and state.phone and precheck is not None:
-            decision = precheck(state.phone, self.domain.forms[form_name].kind)
+        if state.on_behalf and state.phone:
+            decision = self.backend.precheck(state.phone, self.domain.forms[form_name].kind)
             if decision is not None and not decision.allowed:
                 return self._refuse_proxy(state, decision.how_to_ask or "", turn)
         title = self.domain.label("category", form_name)
@@ -382,9 +382,8 @@ class DialogueEngine:
                 if state.slots.get("id_number"):
                     # A typed ID proves nothing about who is typing: the record opens only for
                     # the resident's own registered phone (caller ID), else nothing is read out.
-                    identify = getattr(self.backend, "identify", None)
-                    if state.phone and identify is not None:
-                        record = identify(id_number=state.slots["id_number"], phone=state.phone)
+                    if state.phone:
+                        record = self.backend.identify(id_number=state.slots["id_number"], phone=state.phone)
                 elif state.phone and not state.on_behalf:
                     record = self.backend.find_resident(phone=state.phone)
             except Exception:  # the record only saves a question; never fail the turn for it
@@ -653,3 +652,32 @@ class DialogueEngine:
         if len(items) > 3:
             turn.say("utter_progress_more", {"count": len(items) - 3})
 
+
+
+# Responses the engine says by fixed name (each sentence a resident hears lives in domain.yml).
+FIXED_RESPONSES = (
+    "utter_already_applied", "utter_already_applied_elsewhere", "utter_anything_else", "utter_ask_again_prefix",
+    "utter_busy", "utter_cancelled", "utter_confirm_buttons", "utter_continue", "utter_default",
+    "utter_emergency_medical", "utter_emergency_unsaved", "utter_goodbye", "utter_greet",
+    "utter_handoff_after_hours", "utter_handoff_office_hours", "utter_help", "utter_invalid_text", "utter_no_input",
+    "utter_nothing_to_cancel", "utter_nothing_to_repeat", "utter_offer_human", "utter_out_of_scope",
+    "utter_progress_how_without_caller_id", "utter_progress_item", "utter_progress_more", "utter_progress_none",
+    "utter_progress_phone_unverified", "utter_proxy_refused", "utter_repeat_prefix", "utter_start_form",
+    "utter_submit_failed", "utter_switch_form", "utter_unavailable", "utter_which_slot",
+)
+
+
+def required_responses(domain: Domain) -> dict[str, str]:
+    """Every response name the engine may say with this domain's forms, slots and emergencies."""
+    needed = {name: "said by the dialogue engine" for name in FIXED_RESPONSES}
+    for kind in domain.emergency_keywords:
+        needed[f"utter_emergency_{kind}"] = f"emergency keywords {kind!r}"
+    for form in domain.forms.values():
+        for slot in form.required_slots:
+            needed[f"utter_ask_{form.name}_{slot}|utter_ask_{slot}"] = f"form {form.name} asks for {slot}"
+        if form.min_age is not None:
+            needed[f"utter_ineligible_{form.name}"] = f"form {form.name} has min_age"
+        if form.kind != "query":
+            needed[f"utter_confirm_{form.name}"] = f"form {form.name} is read back before submitting"
+            needed[f"utter_submitted_{form.kind}"] = f"form {form.name} is submitted as a {form.kind}"
+    return needed

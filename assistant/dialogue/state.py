@@ -31,6 +31,7 @@ class ConversationState:
     last_turn_replies: list[dict[str, Any]] = field(default_factory=list)  # for duplicate deliveries
     last_message_id: str | None = None
     transcript: list[list[str]] = field(default_factory=list)
+    language: str = "zh"  # spoken language of the conversation ("zh", "yue")
 
     def start_form(self, name: str) -> None:
         self.form = name

@@ -1,6 +1,6 @@
 """Text-to-speech behind one small interface, with the fixed prompts rendered ahead of time.
 
-    tts = build_tts(VoiceConfig.from_config(config), data_dir)
+    tts = build_tts(VoiceConfig.from_config(config), data_dir)   # tts_select.py
     speech = tts.speak(reply.speech or reply.text)     # Speech(path=…wav) → <Play>, kiosk audio
     for chunk in tts.stream(text): send(chunk.samples)  # Media Streams: audio before the reply is done
     speech = tts.speak(text, language="yue")           # per call: Mandarin "zh" or Cantonese "yue"
@@ -30,7 +30,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -368,58 +368,3 @@ def _wav_seconds(path: Path) -> float:
         return read_wav(path).seconds
     except (OSError, ValueError):
         return 0.0
-
-
-def _local_engine(kind: str, cache_dir: Path, settings: TtsSettings, backup: LocalVoice | None = None) -> LocalVoice:
-    if kind == "kokoro":
-        from assistant.voice.kokoro_tts import KokoroVoice
-
-        voice: LocalVoice = KokoroVoice(cache_dir / "kokoro", settings)
-        voice.backup = backup
-        return voice
-    from assistant.voice.espeak_tts import EspeakNg, Pyttsx3Espeak
-
-    engine = Pyttsx3Espeak if kind == "pyttsx3" else EspeakNg
-    return engine(cache_dir / kind, settings)
-
-
-def build_tts(config: VoiceConfig, data_dir: Path, cache_key: bytes = b"") -> Voices:
-    """The configured voice; Kokoro → espeak-ng → Twilio <Say> as each one is missing (logged, and
-    shown by `doctor` as `fallback_reason`). `cache_key` keys the cache's file names."""
-    settings = replace(TtsSettings.from_config(config), cache_key=cache_key)
-    cache_dir = data_dir / "tts"
-    if settings.engine == "twilio_say":
-        return Voices(TwilioSay(settings), None, settings)
-    from assistant.voice.espeak_tts import EspeakNg
-
-    espeak: LocalVoice | None = None
-    espeak_missing = None
-    if settings.fallback == "espeak" or settings.engine in ("espeak", "pyttsx3"):
-        try:
-            espeak = _local_engine("pyttsx3" if settings.engine == "pyttsx3" else "espeak", cache_dir, settings)
-        except TtsUnavailable as exc:
-            espeak_missing = str(exc)
-    try:
-        cantonese: TextToSpeech = EspeakNg(cache_dir / "espeak-yue", settings, voice=settings.cantonese_voice)
-    except TtsUnavailable:
-        cantonese = TwilioSay(settings)
-    mandarin: TextToSpeech | None = None
-    reason = None
-    if settings.engine == "kokoro":
-        try:
-            mandarin = _local_engine("kokoro", cache_dir, settings, backup=espeak)
-        except TtsUnavailable as exc:
-            reason, mandarin = f"Kokoro unavailable: {exc}", espeak
-    elif settings.engine in ("espeak", "pyttsx3"):
-        mandarin = espeak
-    else:
-        reason = f"unknown voice.tts.engine {settings.engine!r} (kokoro, espeak, pyttsx3, twilio_say)"
-        mandarin = espeak
-    if mandarin is None:
-        reason = "; ".join(r for r in (reason, espeak_missing) if r) + " — prompts use Twilio <Say>"
-        mandarin = TwilioSay(settings)
-    if reason:
-        log.warning("TTS: %s — speaking with %s", reason, mandarin.name)
-    voices = Voices(mandarin, cantonese, settings, reason)
-    voices.backup_missing = espeak_missing if settings.fallback == "espeak" else None
-    return voices
