@@ -25,7 +25,8 @@ class MenuStep:
 # What the phone channels say by name from a flow's `messages:` (silence, retries, read-back of
 # speech, hand-over, the agent's whisper …).
 REQUIRED_MESSAGES = ("no_input", "not_understood", "confirm_speech", "say_again", "no_agent", "more",
-                     "goodbye", "error", "whisper")
+                     "goodbye", "error", "whisper", "whisper_case", "whisper_urgent", "whisper_form",
+                     "whisper_unknown")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import Clock
 from backend.models import Job
+from backend.tx import TransactionRunner
 
 log = logging.getLogger(__name__)
 
@@ -108,21 +109,16 @@ class DbJobQueue:
         self._clock = clock
         self.lease = lease
         self.max_attempts = max_attempts
+        self._tx = TransactionRunner(sessions, clock)
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
     def enqueue(self, name: str, payload: Mapping[str, Any], run_at: datetime | None = None,
                 dedupe_key: str | None = None) -> None:
-        now = self._now()
-        for attempt in range(3):
-            try:
-                with self._sessions() as session, session.begin():
-                    enqueue_in(session, name, payload, run_at or now, dedupe_key, now)
-                return
-            except IntegrityError:  # two enqueuers raced on one dedupe key: the retry re-arms
-                if attempt == 2:
-                    raise
+        # Two enqueuers racing on one dedupe key clash on insert: the runner's retry re-arms.
+        self._tx.run(lambda unit: enqueue_in(unit.session, name, payload, run_at or unit.now, dedupe_key, unit.now),
+                     attempts=3)
 
     def claim(self, worker_id: str, limit: int = 10) -> list[ClaimedJob]:
         now = self._now()

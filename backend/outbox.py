@@ -22,6 +22,7 @@ from assistant.ports import Clock
 from backend.crypto import FieldCipher
 from backend.jobs import backoff
 from backend.models import SmsOptOut, SmsOutbox
+from backend.tx import TransactionRunner
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Outbox:
         self.sender = sender
         self.max_attempts = max_attempts
         self.lease = lease
+        self._tx = TransactionRunner(sessions, clock)
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -86,8 +88,8 @@ class Outbox:
         return row
 
     def enqueue(self, to: str, body: str, dedupe_key: str, ticket_id: int | None = None) -> None:
-        with self._sessions() as session, session.begin():
-            self.enqueue_in(session, to, body, dedupe_key, ticket_id)
+        # The same key queued concurrently clashes on insert; the runner's retry then finds it.
+        self._tx.run(lambda unit: self.enqueue_in(unit.session, to, body, dedupe_key, ticket_id))
 
     # --- drain ---------------------------------------------------------------------------------
     def _claim(self, limit: int) -> list[tuple[int, str, str, int]]:

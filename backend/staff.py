@@ -26,7 +26,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from assistant.ports import Clock
 from backend.crypto import FieldCipher
-from backend.models import Base, Timestamps, append_audit
+from backend.models import Base, Timestamps
+from backend.tx import TransactionRunner, UnitOfWork
 
 T = TypeVar("T")
 
@@ -157,6 +158,7 @@ class StaffDirectory:
         self.policy = policy or StaffPolicy()
         self._hasher = hasher or PasswordHasher()
         self._dummy: str | None = None
+        self._tx = TransactionRunner(sessions, clock)
 
     @property
     def _dummy_hash(self) -> str:
@@ -169,9 +171,8 @@ class StaffDirectory:
     def now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
-    def _run(self, work: Callable[[Session], T]) -> T:
-        with self._sessions() as session, session.begin():
-            return work(session)
+    def _run(self, work: Callable[[UnitOfWork], T]) -> T:
+        return self._tx.run(work)
 
     # --- accounts --------------------------------------------------------------------------------
     def create_user(self, username: str, password: str, role: str, *, grid: str | None = None,
@@ -193,34 +194,36 @@ class StaffDirectory:
         _check_password(password)
         password_hash = self._hasher.hash(password)
 
-        def work(session: Session) -> Staff:
+        def work(unit: UnitOfWork) -> Staff:
+            session = unit.session
             if session.scalar(select(StaffUser.id).where(StaffUser.username == username)) is not None:
                 raise ValueError(f"user {username} exists")
-            now = self.now()
+            now = unit.now
             user = StaffUser(username=username, password_hash=password_hash, role=role,
                              grid_id=",".join(grids) or None,
                              department=(department or "").strip()[:64] or None,
                              active=True, failed_logins=0, created_at=now, updated_at=now)
             session.add(user)
             session.flush()
-            append_audit(session, at=now, actor=actor[:64], action="create", entity_type="staff_user",
-                         entity_id=user.id, detail={"username": username, "role": role,
-                                                    "grids": list(grids), "department": user.department})
+            unit.audits.append(dict(actor=actor[:64], action="create", entity_type="staff_user",
+                                    entity_id=user.id, detail={"username": username, "role": role,
+                                                               "grids": list(grids), "department": user.department}))
             return to_staff(user)
 
         return self._run(work)
 
     def set_active(self, username: str, active: bool, *, actor: str) -> None:
-        def work(session: Session) -> None:
+        def work(unit: UnitOfWork) -> None:
+            session = unit.session
             user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
             if user is None:
                 raise LookupError(username)
-            now = self.now()
+            now = unit.now
             user.active, user.updated_at = active, now
             if not active:
                 session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
-            append_audit(session, at=now, actor=actor[:64], action="update", entity_type="staff_user",
-                         entity_id=user.id, detail={"active": active})
+            unit.audits.append(dict(actor=actor[:64], action="update", entity_type="staff_user",
+                                    entity_id=user.id, detail={"active": active}))
 
         self._run(work)
 
@@ -229,15 +232,16 @@ class StaffDirectory:
         often a suspected leak."""
         _check_password(new)
 
-        def work(session: Session) -> bool:
+        def work(unit: UnitOfWork) -> bool:
+            session = unit.session
             user = session.get(StaffUser, staff.id, with_for_update=True)
             if user is None or not self._verify(user.password_hash, old):
                 return False
-            now = self.now()
+            now = unit.now
             user.password_hash, user.updated_at = self._hasher.hash(new), now
             session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
-            append_audit(session, at=now, actor=staff.actor, action="update", entity_type="staff_user",
-                         entity_id=user.id, detail={"password": "changed"})
+            unit.audits.append(dict(actor=staff.actor, action="update", entity_type="staff_user",
+                                    entity_id=user.id, detail={"password": "changed"}))
             return True
 
         return self._run(work)
@@ -265,8 +269,9 @@ class StaffDirectory:
         source_hash = self._cipher.blind_index(source or "unknown", "staff_login_source")
         policy = self.policy
 
-        def work(session: Session) -> LoginResult:
-            now = self.now()
+        def work(unit: UnitOfWork) -> LoginResult:
+            session = unit.session
+            now = unit.now
             window = now - timedelta(minutes=policy.source_window_minutes)
             session.execute(delete(StaffLoginFailure).where(StaffLoginFailure.at < window))
             session.execute(delete(StaffSession).where(StaffSession.expires_at <= now))  # housekeeping
@@ -276,8 +281,8 @@ class StaffDirectory:
             user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
             if user is not None and user.locked_until is not None and user.locked_until > now:
                 if not flooding:
-                    append_audit(session, at=now, actor="console", action="login", entity_type="staff_user",
-                                 entity_id=user.id, detail={"outcome": "locked"})
+                    unit.audits.append(dict(actor="console", action="login", entity_type="staff_user",
+                                            entity_id=user.id, detail={"outcome": "locked"}))
                 return LoginResult("locked", username=user.username)
             valid = self._verify(user.password_hash if user else self._dummy_hash, password or "")
             if user is None or not valid or not user.active:
@@ -291,8 +296,8 @@ class StaffDirectory:
                         user.failed_logins = 0
                         outcome = "locked"
                 if outcome != "throttled":  # a lockout is a state change: always audited
-                    append_audit(session, at=now, actor="console", action="login", entity_type="staff_user",
-                                 entity_id=user.id if user else None, detail={"outcome": f"failed:{outcome}"})
+                    unit.audits.append(dict(actor="console", action="login", entity_type="staff_user",
+                                            entity_id=user.id if user else None, detail={"outcome": f"failed:{outcome}"}))
                 return LoginResult(outcome, username=user.username if outcome == "locked" and user else None)
             user.failed_logins, user.locked_until = 0, None
             if self._hasher.check_needs_rehash(user.password_hash):
@@ -302,8 +307,8 @@ class StaffDirectory:
                                      created_at=now, last_seen_at=now,
                                      expires_at=now + timedelta(hours=policy.session_max_hours)))
             staff = to_staff(user)
-            append_audit(session, at=now, actor=staff.actor, action="login", entity_type="staff_user",
-                         entity_id=user.id, detail={"outcome": "ok", **({"source": "throttled"} if flooding else {})})
+            unit.audits.append(dict(actor=staff.actor, action="login", entity_type="staff_user",
+                                    entity_id=user.id, detail={"outcome": "ok", **({"source": "throttled"} if flooding else {})}))
             return LoginResult("ok", staff, token, csrf, username=user.username)
 
         return self._run(work)
@@ -312,15 +317,16 @@ class StaffDirectory:
         """Ends a lockout (and the count towards the next one) before its time: `staff unlock`."""
         username = (username or "").strip().lower()
 
-        def work(session: Session) -> None:
+        def work(unit: UnitOfWork) -> None:
+            session = unit.session
             user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
             if user is None:
                 raise LookupError(username)
-            now = self.now()
+            now = unit.now
             was_locked = user.locked_until is not None and user.locked_until > now
             user.failed_logins, user.locked_until, user.updated_at = 0, None, now
-            append_audit(session, at=now, actor=actor[:64], action="update", entity_type="staff_user",
-                         entity_id=user.id, detail={"unlocked": True, "was_locked": was_locked})
+            unit.audits.append(dict(actor=actor[:64], action="update", entity_type="staff_user",
+                                    entity_id=user.id, detail={"unlocked": True, "was_locked": was_locked}))
 
         self._run(work)
 
@@ -330,8 +336,9 @@ class StaffDirectory:
             return None
         idle = timedelta(minutes=self.policy.session_idle_minutes)
 
-        def work(session: Session) -> ActiveSession | None:
-            now = self.now()
+        def work(unit: UnitOfWork) -> ActiveSession | None:
+            session = unit.session
+            now = unit.now
             row = session.scalar(select(StaffSession).where(StaffSession.token_hash == _token_hash(token)))
             if row is None:
                 return None
@@ -349,15 +356,16 @@ class StaffDirectory:
         if not token:
             return
 
-        def work(session: Session) -> None:
+        def work(unit: UnitOfWork) -> None:
+            session = unit.session
             row = session.scalar(select(StaffSession).where(StaffSession.token_hash == _token_hash(token)))
             if row is None:
                 return
             user = session.get(StaffUser, row.user_id)
             session.delete(row)
             session.flush()
-            append_audit(session, at=self.now(), actor=f"staff:{user.username if user else '?'}"[:64],
-                         action="logout", entity_type="staff_user", entity_id=row.user_id, detail={})
+            unit.audits.append(dict(actor=f"staff:{user.username if user else '?'}"[:64],
+                                    action="logout", entity_type="staff_user", entity_id=row.user_id, detail={}))
 
         self._run(work)
 

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, false, select, true
 from sqlalchemy.orm import Session
@@ -29,9 +29,12 @@ from assistant.ports import Clock
 from assistant.privacy import mask_id, mask_name, mask_phone
 from backend.alerts.store import ACTIVE_STATES, Alert, CareHousehold
 from backend.crypto import FieldCipher
-from backend.models import Handoff, Resident, Ticket, append_audit
-from backend.proxy import ProxyGrant
+from backend.models import Handoff, Resident, Ticket
+from backend.proxy_model import ProxyGrant
 from backend.staff import Staff, StaffPolicy
+from backend.tx import TransactionRunner, UnitOfWork
+
+T = TypeVar("T")
 
 # Which console sections each role has at all (the navigation, and a 403 before any query).
 SECTIONS: dict[str, frozenset[str]] = {
@@ -107,6 +110,7 @@ class StaffQueries:
         self._cipher = cipher
         self._clock = clock
         self.policy = policy or StaffPolicy()
+        self._tx = TransactionRunner(sessions, clock)
 
     def now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -143,9 +147,8 @@ class StaffQueries:
     def handoff_scope(self, staff: Staff) -> ColumnElement[bool]:
         return true() if staff.role in ("admin", "agent") else false()
 
-    def _run(self, work: Callable[[Session], Any]) -> Any:
-        with self._sessions() as session, session.begin():
-            return work(session)
+    def _run(self, work: Callable[[UnitOfWork], T]) -> T:
+        return self._tx.run(work)
 
     # --- residents ---------------------------------------------------------------------------------
     def residents(self, staff: Staff, query: str | None = None, limit: int = 100) -> list[ResidentRow]:
@@ -157,18 +160,20 @@ class StaffQueries:
             column = Resident.id_hash if purpose == "id_number" else Resident.phone_hash
             stmt = stmt.where(column == self._cipher.blind_index(text, purpose))
 
-        def work(session: Session) -> list[ResidentRow]:
+        def work(unit: UnitOfWork) -> list[ResidentRow]:
+            session = unit.session
             rows = session.scalars(stmt.order_by(Resident.id).limit(limit)).all()
             if text:  # looking a person up by their number is itself a use of it
-                append_audit(session, at=self.now(), actor=staff.actor, action="read", entity_type="resident",
-                             entity_id=rows[0].id if len(rows) == 1 else None,
-                             detail={"view": "search", "by": purpose, "found": len(rows)})
+                unit.audits.append(dict(actor=staff.actor, action="read", entity_type="resident",
+                                        entity_id=rows[0].id if len(rows) == 1 else None,
+                                        detail={"view": "search", "by": purpose, "found": len(rows)}))
             return [self._resident_row(r, revealed=False) for r in rows]
 
         return self._run(work)
 
     def resident(self, staff: Staff, resident_id: int) -> ResidentRow | None:
-        def work(session: Session) -> ResidentRow | None:
+        def work(unit: UnitOfWork) -> ResidentRow | None:
+            session = unit.session
             row = session.scalar(select(Resident).where(Resident.id == resident_id, self.resident_scope(staff)))
             return None if row is None else self._resident_row(row, revealed=False)
 
@@ -177,13 +182,14 @@ class StaffQueries:
     def reveal_resident(self, staff: Staff, resident_id: int, reason: str) -> ResidentRow | None:
         """Name, phone, ID number and address in clear: an audited read (who, when, why)."""
 
-        def work(session: Session) -> ResidentRow | None:
+        def work(unit: UnitOfWork) -> ResidentRow | None:
+            session = unit.session
             row = session.scalar(select(Resident).where(Resident.id == resident_id, self.resident_scope(staff)))
             if row is None:
                 return None
-            append_audit(session, at=self.now(), actor=staff.actor, action="read", entity_type="resident",
-                         entity_id=row.id, detail={"view": "reveal", "fields": [*REVEAL_FIELDS, "address"],
-                                                   "reason": reason[:100]})
+            unit.audits.append(dict(actor=staff.actor, action="read", entity_type="resident",
+                                    entity_id=row.id, detail={"view": "reveal", "fields": [*REVEAL_FIELDS, "address"],
+                                                              "reason": reason[:100]}))
             return self._resident_row(row, revealed=True)
 
         return self._run(work)

@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from channels import (
     boundary,
-    console,
+    department_page,
     kiosk,
     open311,
     openapi,
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 # Add a channel: write channels/<name>.py with make_blueprint(runtime), list it here.
 CHANNELS: list[Callable[..., Blueprint]] = [
     rest.make_blueprint, twilio_voice.make_blueprint, kiosk.make_blueprint,
-    twilio_sms.make_blueprint, staff_api.make_blueprint, staff_console.make_blueprint, open311.make_blueprint,
-    sensors.make_blueprint, console.make_blueprint,
+    twilio_sms.make_blueprint, staff_api.make_blueprint, department_page.make_blueprint, open311.make_blueprint,
+    sensors.make_blueprint, staff_console.make_blueprint,
 ]
 
 # The page a person sees who opens the server's address in a browser: where to go next.

@@ -36,8 +36,6 @@ from assistant.nlu.normalize import valid_text
 
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 18  # below 2**63: a database integer column holds it
-TOO_LONG_TEXT = "您的话太长了，我一次记不全。请分几次说，每次说一件事；也可以说“人工”找工作人员。"
-HUMAN_BUTTON = {"title": "找人工", "payload": "/request_human"}
 
 # A JSON string, escapes included; an unterminated one runs to the end (the parser refuses it
 # anyway). Possessive quantifiers keep the scan linear on hostile input.

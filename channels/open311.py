@@ -17,7 +17,8 @@ Open311 itself (residents' SMS texts stay private), `address` is the coarse publ
 can still show a face, a door number or a car plate, so it is never a public, permanent file:
 media_url is signed with a key from the key store (HMAC-SM3, separate purpose) and expires;
 a link without a valid signature, or expired, is refused (403) and says nothing about the photo.
-Errors follow the spec: a list of {"code", "description"} with the HTTP status.
+Errors follow the spec: a list of {"code", "description"} with the HTTP status; their
+descriptions are API strings for city tools, in English.
 """
 from __future__ import annotations
 
@@ -31,10 +32,13 @@ from flask import Blueprint, jsonify, request, send_file
 from backend.crypto import hmac_sm3_hex
 from backend.tickets import TicketView
 from channels.boundary import safe_equal
+from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 
 NAME = "open311"
+# Open311 knows two states; the ticket desk's states map onto them.
 CLOSED = {"resolved", "rated", "closed", "rejected", "duplicate", "cancelled"}
+OPEN = {"received", "categorised", "routed", "accepted", "in_progress", "reopened"}
 MAX_DESCRIPTION = 2000
 MEDIA_LINK_SECONDS = 15 * 60
 _MEDIA_PURPOSE = b"open311_media_url"  # domain separation from the blind indexes on the same key
@@ -86,18 +90,22 @@ def _parse_time(value: str | None) -> datetime | None:
     return parsed
 
 
-def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
-    bp = Blueprint(NAME, __name__)
-    loop = runtime.ticket_loop
-    desk = loop.desk
-    tz = runtime.settings.timezone
-    keys = [k.strip() for k in (runtime.settings.env.get("OPEN311_API_KEYS") or "").split(",") if k.strip()]
-    links = media_links(runtime)
+class Open311:
+    """GeoReport v2 over the ticket desk: form fields and query strings in, the spec's JSON out."""
 
-    def base_url() -> str:
-        return loop.twilio.public_base_url or request.host_url.rstrip("/")
+    def __init__(self, runtime: ChannelRuntime) -> None:
+        self.loop = runtime.ticket_loop
+        self.desk = self.loop.desk
+        self.tz = runtime.settings.timezone
+        self.keys = [k.strip() for k in (runtime.settings.env.get("OPEN311_API_KEYS") or "").split(",")
+                     if k.strip()]
+        self.links = media_links(runtime)
 
-    def request_json(view: TicketView) -> dict[str, Any]:
+    def base_url(self) -> str:
+        return self.loop.twilio.public_base_url or request.host_url.rstrip("/")
+
+    def request_json(self, view: TicketView) -> dict[str, Any]:
+        desk = self.desk
         photo = next((sha for sha, role in view.media if role == "report"), None)
         path = desk.media.find(photo) if photo else None
         return {
@@ -109,27 +117,25 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
             "description": desk.description(view.reference) if view.channel == "open311" else None,
             "agency_responsible": view.department,
             "service_notice": None,
-            "requested_datetime": view.created_at.astimezone(tz).isoformat(timespec="seconds"),
-            "updated_datetime": view.updated_at.astimezone(tz).isoformat(timespec="seconds"),
+            "requested_datetime": view.created_at.astimezone(self.tz).isoformat(timespec="seconds"),
+            "updated_datetime": view.updated_at.astimezone(self.tz).isoformat(timespec="seconds"),
             "expected_datetime": None,
             "address": view.place,
             "address_id": None,
             "zipcode": None,
             "lat": view.latitude,
             "long": view.longitude,
-            "media_url": base_url() + links.path(path.name) if path else None,
+            "media_url": self.base_url() + self.links.path(path.name) if path else None,
         }
 
-    @bp.get("/open311/v2/services.json")
-    def services():
+    def services(self):
         return jsonify([
             {"service_code": c.code, "service_name": c.name, "description": c.name, "metadata": False,
              "type": "realtime", "keywords": ",".join(c.keywords), "group": c.department or "人工分拣"}
-            for c in desk.taxonomy.categories
+            for c in self.desk.taxonomy.categories
         ])
 
-    @bp.get("/open311/v2/requests.json")
-    def list_requests():
+    def list_requests(self):
         args = request.args
         try:
             since, until = _parse_time(args.get("start_date")), _parse_time(args.get("end_date"))
@@ -137,35 +143,29 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
             return _errors(400, f"bad date: {exc}")
         ids = [i for i in (args.get("service_request_id") or "").split(",") if i]
         if ids:
-            views = [v for v in (desk.view(i) for i in ids[:50]) if v is not None]
+            views = [v for v in (self.desk.view(i) for i in ids[:50]) if v is not None]
         else:
             status = args.get("status")
             if status not in (None, "", "open", "closed"):
                 return _errors(400, "status must be open or closed")
-            wanted = None
-            if status == "closed":
-                wanted = sorted(CLOSED)
-            elif status == "open":
-                wanted = sorted({"received", "categorised", "routed", "accepted", "in_progress", "reopened"})
-            views = desk.search(status=wanted, service_code=args.get("service_code") or None, since=since,
-                              until=until, limit=1000)
-        return jsonify([request_json(v) for v in views])
+            wanted = {"closed": sorted(CLOSED), "open": sorted(OPEN)}.get(status or "")
+            views = self.desk.search(status=wanted, service_code=args.get("service_code") or None, since=since,
+                                     until=until, limit=1000)
+        return jsonify([self.request_json(v) for v in views])
 
-    @bp.get("/open311/v2/requests/<reference>.json")
-    def one_request(reference: str):
-        view = desk.view(reference)
+    def one_request(self, reference: str):
+        view = self.desk.view(reference)
         if view is None:
             return _errors(404, f"service_request_id {reference} not found")
-        return jsonify([request_json(view)])
+        return jsonify([self.request_json(view)])
 
-    @bp.post("/open311/v2/requests.json")
-    def create_request():
+    def create_request(self):
         form = request.form
         key = form.get("api_key") or ""
-        if not any(safe_equal(key, k) for k in keys):
+        if not any(safe_equal(key, k) for k in self.keys):
             return _errors(403, "api_key missing or not valid")
         code = form.get("service_code") or ""
-        if desk.taxonomy.get(code) is None:
+        if self.desk.taxonomy.get(code) is None:
             return _errors(400, "service_code not found")
         try:
             lat = float(form["lat"]) if form.get("lat") else None
@@ -181,19 +181,19 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
         if len(description) > MAX_DESCRIPTION:
             return _errors(400, f"description is longer than {MAX_DESCRIPTION} characters")
         idempotency = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        reference = desk.create_open311(service_code=code, description=description or None, lat=lat, lon=lon,
-                                        address=address, phone=(form.get("phone") or "").strip() or None,
-                                        idempotency_key=f"open311:{key[:16]}:{idempotency[:100]}")
+        reference = self.desk.create_open311(service_code=code, description=description or None, lat=lat,
+                                             lon=lon, address=address,
+                                             phone=(form.get("phone") or "").strip() or None,
+                                             idempotency_key=f"open311:{key[:16]}:{idempotency[:100]}")
         return jsonify([{"service_request_id": reference, "service_notice": "已受理", "account_id": None}]), 201
 
-    @bp.get("/open311/media/<name>")
-    def media(name: str):
+    def media(self, name: str):
         # Signature first: without one, the answer must not tell whether such a photo exists.
-        left = links.seconds_left(name, request.args.get("expires"), request.args.get("sig"))
+        left = self.links.seconds_left(name, request.args.get("expires"), request.args.get("sig"))
         if not left:
             return _errors(403, "photo links are signed and expire; read the request again for a new media_url")
         sha = name.split(".", 1)[0]
-        path = desk.media.find(sha)
+        path = self.desk.media.find(sha)
         if path is None or path.name != name:
             return _errors(404, "no such photo")
         response = send_file(path, max_age=left)
@@ -201,4 +201,15 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
         response.cache_control.private = True  # no shared cache keeps it past the link
         return response
 
-    return bp
+
+ROUTES: list[Route] = [
+    ("GET", "/open311/v2/services.json", Open311.services),
+    ("GET", "/open311/v2/requests.json", Open311.list_requests),
+    ("GET", "/open311/v2/requests/<reference>.json", Open311.one_request),
+    ("POST", "/open311/v2/requests.json", Open311.create_request),
+    ("GET", "/open311/media/<name>", Open311.media),
+]
+
+
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
+    return register(Blueprint(NAME, __name__), ROUTES, Open311(runtime))

@@ -30,6 +30,7 @@ from assistant import logcontext
 from assistant.privacy import mask_text
 from backend import observability as obs
 from backend.sessions import RedisSessionStore
+from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 
 NAME = "ops"
@@ -63,48 +64,48 @@ def _redis_client(runtime: Any) -> redis.Redis | None:
     return None
 
 
-def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
-    bp = Blueprint(NAME, __name__)
-    obs.bind_runtime(runtime)
-    redis_client = _redis_client(runtime)
-    database = obs.DatabaseCollector(runtime.db_sessions, runtime.clock)
+def start_request() -> None:
+    rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    g.ops_request_id, g.ops_token = rid, logcontext.request_id.set(rid)
+    # Only names of registered blueprints reach a label: never anything the caller chose.
+    g.ops_channel = request.blueprint if request.blueprint in current_app.blueprints else "none"
+    g.ops_started = time.perf_counter()
+    obs.metrics().in_flight.inc()
 
-    @bp.before_app_request
-    def start_request() -> None:
-        rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-        g.ops_request_id, g.ops_token = rid, logcontext.request_id.set(rid)
-        # Only names of registered blueprints reach a label: never anything the caller chose.
-        g.ops_channel = request.blueprint if request.blueprint in current_app.blueprints else "none"
-        g.ops_started = time.perf_counter()
-        obs.metrics().in_flight.inc()
 
-    @bp.after_app_request
-    def finish_request(response: Response) -> Response:
-        if "ops_started" in g:
-            response.headers[REQUEST_ID_HEADER] = g.ops_request_id
-            obs.observe_request(g.ops_channel, response.status_code, time.perf_counter() - g.ops_started)
-        return response
+def finish_request(response: Response) -> Response:
+    if "ops_started" in g:
+        response.headers[REQUEST_ID_HEADER] = g.ops_request_id
+        obs.observe_request(g.ops_channel, response.status_code, time.perf_counter() - g.ops_started)
+    return response
 
-    @bp.teardown_app_request
-    def end_request(_exc: BaseException | None) -> None:
-        if "ops_started" not in g:
-            return
-        obs.metrics().in_flight.dec()
-        try:
-            logcontext.request_id.reset(g.ops_token)
-        except ValueError:  # torn down in another context: at least do not leak the id
-            logcontext.request_id.set(None)
 
-    @bp.get("/healthz")
-    def healthz():
+def end_request(_exc: BaseException | None) -> None:
+    if "ops_started" not in g:
+        return
+    obs.metrics().in_flight.dec()
+    try:
+        logcontext.request_id.reset(g.ops_token)
+    except ValueError:  # torn down in another context: at least do not leak the id
+        logcontext.request_id.set(None)
+
+
+class Ops:
+    """Liveness, readiness and metrics over the runtime's database, Redis and loading state."""
+
+    def __init__(self, runtime: ChannelRuntime) -> None:
+        self.runtime = runtime
+        self.redis_client = _redis_client(runtime)
+        self.database = obs.DatabaseCollector(runtime.db_sessions, runtime.clock)
+
+    def healthz(self):
         return jsonify({"status": "ok"})
 
-    @bp.get("/readyz")
-    def readyz():
+    def readyz(self):
         started = time.monotonic()
+        db_sessions, redis_client = self.runtime.db_sessions, self.redis_client
         pending: dict[str, tuple[Future[Any], float]] = {
-            "database": (obs.run_in_lane("ready-db", lambda: obs.ping_database(runtime.db_sessions)),
-                         DATABASE_TIMEOUT)}
+            "database": (obs.run_in_lane("ready-db", lambda: obs.ping_database(db_sessions)), DATABASE_TIMEOUT)}
         if redis_client is not None:
             pending["redis"] = (obs.run_in_lane("ready-redis", redis_client.ping), REDIS_TIMEOUT + 0.5)
         checks: dict[str, str] = {"nlu": "ok", "database": "ok",
@@ -116,15 +117,29 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
             except Exception as exc:
                 checks[name], reasons[name] = "down", obs.short_reason(exc)
                 log.warning("readiness: %s is down (%s)", name, reasons[name])
-        for name, state in runtime.loading().items():  # NLU model still loading, or failed to
+        for name, state in self.runtime.loading().items():  # NLU model still loading, or failed to
             checks[name], reasons[name] = state, state
         if reasons:
             return jsonify({"status": "unavailable", "checks": checks, "reasons": reasons}), 503
         return jsonify({"status": "ready", "checks": checks})
 
-    @bp.get("/metrics")
-    def metrics():
+    def metrics(self):
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return Response(encoder(obs.scrape_registry(database)), headers={"Content-Type": content_type})
+        return Response(encoder(obs.scrape_registry(self.database)), headers={"Content-Type": content_type})
 
-    return bp
+
+ROUTES: list[Route] = [
+    ("GET", "/healthz", Ops.healthz),
+    ("GET", "/readyz", Ops.readyz),
+    ("GET", "/metrics", Ops.metrics),
+]
+
+
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
+    obs.bind_runtime(runtime)
+    bp = Blueprint(NAME, __name__)
+    # Every request of the app, whichever blueprint serves it: request id, timing, in-flight gauge.
+    bp.before_app_request(start_request)
+    bp.after_app_request(finish_request)
+    bp.teardown_app_request(end_request)
+    return register(bp, ROUTES, Ops(runtime))

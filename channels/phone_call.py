@@ -1,6 +1,10 @@
 """What a phone call does next, whatever carries it: Twilio <Gather> webhooks (twilio_voice.py)
 or a Media Streams WebSocket with our own recogniser (twilio_media.py). Keys and speech go in;
 a `CallStep` comes out: what to say, and whether to listen again, reach a person, or hang up.
+
+What a call keeps between webhooks besides the core's conversation (which no channel reads) is
+written down here, once: `PendingSpeech` (speech heard with low confidence, waiting for 对) and
+`StreamExit` (where a closed Media Stream hands the call), each in a typed `Scratch`.
 """
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from assistant.ivr import CallInput, IvrFlow, IvrNavigator, IvrOutcome
-from assistant.ports import StoreUnavailable
-from assistant.types import Reply, UserMessage
+from assistant.ports import SessionStore, StoreUnavailable
+from assistant.types import Turn, UserMessage
 from channels.runtime_port import ChannelRuntime
+from channels.scratch import Scratch
 
 CHANNEL = "voice"
 LANGUAGES = ("zh", "yue")  # Mandarin (default), Cantonese
+SCRATCH_SECONDS = 600  # a call's side state outlives any pause on the line, not the call
 Next = Literal["listen", "person", "end"]
 
 
@@ -28,12 +34,38 @@ class CallStep:
     reference: str | None = None  # handoff case for the agent's whisper
 
 
+@dataclass
+class PendingSpeech:
+    """Speech heard with low confidence, read back ("您是说……对吗？") and waiting for 1/对."""
+
+    text: str = ""
+    expects: str | None = None  # what the core waited for when it was heard
+    step: str | None = None  # the menu step it was heard at (else: in the conversation)
+
+
+@dataclass
+class StreamExit:
+    """What a Media Stream leaves for the <Redirect> after it closes: a person, or the end."""
+
+    next: str = "end"
+    reference: str | None = None  # the handoff case, for the agent's whisper
+
+
+def pending_speech(store: SessionStore) -> Scratch[PendingSpeech]:
+    return Scratch(store, "voice-readback", PendingSpeech, SCRATCH_SECONDS)
+
+
+def stream_exits(store: SessionStore) -> Scratch[StreamExit]:
+    return Scratch(store, "voice-stream", StreamExit, SCRATCH_SECONDS)
+
+
 class PhoneCall:
     def __init__(self, runtime: ChannelRuntime, flow: IvrFlow) -> None:
         self.runtime = runtime
         self.flow = flow
         self.nav = IvrNavigator(flow)
         self.calls = runtime.calls
+        self.pending = pending_speech(runtime.sessions)
 
     def language(self, call_sid: str) -> str:
         """The language the call is spoken in, as the conversation last left it ("zh" until then)."""
@@ -62,14 +94,14 @@ class PhoneCall:
         return self.follow(outcome, call_sid, caller, expects, step, message_id)
 
     def _confirmed(self, call_sid: str, caller: str | None, value: CallInput, message_id: str | None) -> CallStep:
-        pending = self.runtime.sessions.load(f"ivr:{call_sid}") or {}
-        self.runtime.sessions.delete(f"ivr:{call_sid}")
+        pending = self.pending.load(call_sid) or PendingSpeech()
+        self.pending.delete(call_sid)
         said_yes = bool(value.speech) and self.runtime.assistant.parse(value.speech).intent.name == "affirm"
         if value.digits == "1" or said_yes:
-            return self.converse(call_sid, caller, pending.get("pending") or "", message_id=message_id)
-        if pending.get("step") in self.flow.steps:
-            return self.menu(pending["step"], (self.nav.message("say_again"),))
-        return CallStep((self.nav.message("say_again"),), "listen", step="conv", expects=pending.get("expects"))
+            return self.converse(call_sid, caller, pending.text, message_id=message_id)
+        if pending.step in self.flow.steps:
+            return self.menu(pending.step, (self.nav.message("say_again"),))
+        return CallStep((self.nav.message("say_again"),), "listen", step="conv", expects=pending.expects)
 
     def follow(self, outcome: IvrOutcome, call_sid: str, caller: str | None, expects: str | None,
                step: str | None, message_id: str | None = None) -> CallStep:
@@ -81,44 +113,57 @@ class PhoneCall:
         if outcome.kind == "menu":
             return self.menu(outcome.step or self.flow.start, outcome.say, outcome.tries)
         if outcome.kind == "confirm_speech":
-            self.runtime.sessions.save(f"ivr:{call_sid}", {"pending": outcome.text, "expects": expects,
-                                                           "step": step}, 600)
+            self.pending.save(call_sid, PendingSpeech(outcome.text or "", expects, step))
             return CallStep(outcome.say, "listen", step="confirm", expects=expects)
         if outcome.meta.get("silence"):
             return self.converse(call_sid, caller, "/repeat", (self.nav.message("no_input"),), outcome.tries,
                                  message_id)
         if outcome.meta.get("then") == "menu":  # * inside a form: drop it, back to the menu
-            replies = self._core(call_sid, caller, outcome.text or "/cancel", message_id)
-            return self.menu(self.flow.start, (replies[0].speech or replies[0].text,))
+            first = self._core(call_sid, caller, outcome.text or "/cancel", message_id).replies[0]
+            return self.menu(self.flow.start, (first.speech or first.text,))
         return self.converse(call_sid, caller, outcome.text or "", outcome.say, message_id=message_id)
 
     def person(self, call_sid: str, caller: str | None, say: Sequence[str] = ()) -> CallStep:
         """Keys (0, retries) bypass the core; a handoff record is still left for staff."""
-        replies = self._core(call_sid, caller, "/request_human")
-        reference = next((r.reference for r in replies if r.reference), None)
+        turn = self._core(call_sid, caller, "/request_human")
+        reference = _reference(turn)
         self.calls.step(call_sid, "human", outcome="handoff", handoff_reference=reference)
-        spoken = (*say, *[r.speech or r.text for r in replies])
-        return CallStep(spoken, "person" if any(r.live_agent for r in replies) else "end", reference=reference)
+        return CallStep((*say, *_spoken(turn)), _after_handoff(turn), reference=reference)
 
-    def _core(self, call_sid: str, caller: str | None, text: str, message_id: str | None = None) -> list[Reply]:
-        replies = self.runtime.assistant.handle(
+    def forget(self, call_sid: str) -> None:
+        """The call ended: drop what it kept aside."""
+        self.pending.delete(call_sid)
+
+    def _core(self, call_sid: str, caller: str | None, text: str, message_id: str | None = None) -> Turn:
+        turn = self.runtime.assistant.turn(
             UserMessage(sender_id=call_sid, text=text, channel=CHANNEL, phone=caller, message_id=message_id)
         )
-        self.calls.step(call_sid, "core", said=[("caller", text), *[("assistant", r.text) for r in replies]])
-        return replies
+        self.calls.step(call_sid, "core", said=[("caller", text), *[("assistant", r.text) for r in turn.replies]])
+        return turn
 
     def converse(self, call_sid: str, caller: str | None, text: str, say: Sequence[str] = (), tries: int = 0,
                  message_id: str | None = None) -> CallStep:
-        replies = self._core(call_sid, caller, text, message_id)
-        last = replies[-1]
-        spoken = (*say, *[r.speech or r.text for r in replies])
-        if any(r.handoff for r in replies):
-            reference = next((r.reference for r in replies if r.reference), None)
+        turn = self._core(call_sid, caller, text, message_id)
+        spoken = (*say, *_spoken(turn))
+        if turn.handoff:
+            reference = _reference(turn)
             self.calls.step(call_sid, "handoff", outcome="handoff", handoff_reference=reference)
-            live = any(r.live_agent for r in replies)
-            return CallStep(spoken, "person" if live else "end", reference=reference)
-        if last.end_session:
+            return CallStep(spoken, _after_handoff(turn), reference=reference)
+        if turn.ended:
             return CallStep((*spoken, self.nav.message("goodbye")), "end")
-        if last.expects in {None, "menu"}:
+        if turn.expects in {None, "menu"}:
             return CallStep((*spoken, self.nav.message("more")), "listen", step=self.flow.start)
-        return CallStep(spoken, "listen", step="conv", expects=last.expects, tries=tries)
+        return CallStep(spoken, "listen", step="conv", expects=turn.expects, tries=tries)
+
+
+def _spoken(turn: Turn) -> tuple[str, ...]:
+    return tuple(r.speech or r.text for r in turn.replies)
+
+
+def _reference(turn: Turn) -> str | None:
+    return next((r.reference for r in turn.replies if r.reference), None)
+
+
+def _after_handoff(turn: Turn) -> Next:
+    """A person takes the call now (office hours, an emergency), or calls back later."""
+    return "person" if any(r.live_agent for r in turn.replies) else "end"

@@ -5,7 +5,8 @@ POST /webhooks/rest/webhook  {"sender": "...", "message": "..."}
 POST /model/parse  {"text": "..."} → Rasa's parse result (intent, entities, intent_ranking)
 Bad bodies get a 400 with a JSON error that says what is wrong, never a stack trace. A message
 over MAX_MESSAGE_CHARS is a person who typed or pasted too much: 413 with a reply in Rasa's format
-that asks them, in Chinese, to send it in parts or ask for a person.
+that asks them, in Chinese, to send it in parts or ask for a person (domain.yml
+`utter_message_too_long`). The other error details are API strings for integrators, in English.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from assistant.types import Reply, UserMessage
-from channels.boundary import HUMAN_BUTTON, TOO_LONG_TEXT
+from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 
 NAME = "rest"
 MAX_MESSAGE_CHARS = 2000
 MAX_SENDER_CHARS = 128
+TOO_LONG = "utter_message_too_long"  # the domain.yml response for a message over the limit
 
 
 def _error(code: str, detail: str, status: int = 400):
@@ -48,12 +50,17 @@ def render(reply: Reply, recipient_id: str) -> dict[str, Any]:
     return out
 
 
-def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
-    bp = Blueprint(NAME, __name__)
-    assistant = runtime.assistant
+class Rest:
+    """Rasa's REST contract over the assistant."""
 
-    @bp.post("/webhooks/rest/webhook")
-    def webhook():
+    def __init__(self, runtime: ChannelRuntime) -> None:
+        self.assistant, self.domain = runtime.assistant, runtime.domain
+
+    def too_long(self) -> Reply:
+        rendered = self.domain.render(TOO_LONG)
+        return Reply(rendered.text, buttons=rendered.buttons, name=TOO_LONG)
+
+    def webhook(self):
         body, error = _json_body()
         if error:
             return error
@@ -65,12 +72,11 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
         if not isinstance(message, str):
             return _error("invalid_message", "'message' must be a string")
         if len(message) > MAX_MESSAGE_CHARS:
-            return jsonify([{"recipient_id": sender, "text": TOO_LONG_TEXT, "buttons": [HUMAN_BUTTON]}]), 413
-        replies = assistant.handle(UserMessage(sender_id=sender.strip(), text=message, channel=NAME))
+            return jsonify([render(self.too_long(), sender)]), 413
+        replies = self.assistant.handle(UserMessage(sender_id=sender.strip(), text=message, channel=NAME))
         return jsonify([render(r, sender) for r in replies])
 
-    @bp.post("/model/parse")
-    def parse():
+    def parse(self):
         body, error = _json_body()
         if error:
             return error
@@ -79,7 +85,16 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
             return _error("invalid_text", "'text' must be a string")
         if len(text) > MAX_MESSAGE_CHARS:
             return _error("message_too_long",
-                          f"'text' is longer than {MAX_MESSAGE_CHARS} characters / {TOO_LONG_TEXT}", 413)
-        return jsonify(assistant.parse(text).to_rasa())
+                          f"'text' is longer than {MAX_MESSAGE_CHARS} characters / {self.too_long().text}", 413)
+        return jsonify(self.assistant.parse(text).to_rasa())
 
-    return bp
+
+ROUTES: list[Route] = [
+    ("POST", "/webhooks/rest/webhook", Rest.webhook),
+    ("POST", "/model/parse", Rest.parse),
+]
+
+
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
+    runtime.domain.require({TOO_LONG: "a REST message over MAX_MESSAGE_CHARS"})
+    return register(Blueprint(NAME, __name__), ROUTES, Rest(runtime))

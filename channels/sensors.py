@@ -13,6 +13,9 @@ POST /api/sensors/readings          a batch of readings from a home gateway or d
 POST /webhooks/twilio/voice/alert?alert=<id>&contact=<id>
      the <Gather> action of an alert call (backend/alerts/desk.py): Digits 1 = 平安 / 收到,
      0 = 转社区. Signed by Twilio like every voice webhook; always answers TwiML.
+
+Error details are API strings for gateways, in English; what a contact hears on an alert call
+is the alert desk's texts (alert rules config), not this module's.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from flask import Blueprint, Response, jsonify, request
 from twilio.twiml.voice_response import VoiceResponse
 
 from backend.alerts.desk import MAX_BATCH, BatchError, TokenError
+from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
 
@@ -36,15 +40,20 @@ def _error(code: str, detail: str, status: int, **extra: Any):
     return jsonify({"error": code, "detail": detail, **extra}), status
 
 
-def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
-    bp = Blueprint(NAME, __name__)
-    desk = runtime.alerts
-    signature = TwilioSignature(TwilioConfig.from_env(runtime.settings.env), "alert calls")
+def _device_token() -> str:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth.startswith("Bearer ") else request.headers.get("X-Device-Token", "")
 
-    @bp.post("/api/sensors/readings")
-    def readings():
-        auth = request.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth.startswith("Bearer ") else request.headers.get("X-Device-Token", "")
+
+class Sensors:
+    """Readings in to the alert desk; an alert call's key press in, its answer out as TwiML."""
+
+    def __init__(self, runtime: ChannelRuntime) -> None:
+        self.desk = runtime.alerts
+        self.signature = TwilioSignature(TwilioConfig.from_env(runtime.settings.env), "alert calls")
+
+    def readings(self):
+        token = _device_token()
         if not token:
             return _error("invalid_token", "device token missing (Authorization: Bearer …)", 401)
         if not request.is_json:
@@ -58,7 +67,7 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
         if isinstance(items, list) and len(items) > MAX_BATCH:
             return _error("too_many_readings", f"at most {MAX_BATCH} readings per request", 413)
         try:
-            result = desk.ingest(token, items)
+            result = self.desk.ingest(token, items)
         except TokenError:
             log.warning("sensor readings refused: unknown device token (from %s)", request.remote_addr)
             return _error("invalid_token", "unknown device token", 401)
@@ -68,24 +77,33 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
         return jsonify({"accepted": result.accepted, "duplicates": result.duplicates,
                         "kept_aside": result.kept_aside, "alerts": len(result.alerts)}), 202
 
-    @bp.post("/webhooks/twilio/voice/alert")
-    def alert_call() -> Response:
-        if not signature.ok(request):
+    def alert_call(self) -> Response:
+        if not self.signature.ok(request):
             return TwilioSignature.refuse(request)
         response = VoiceResponse()
-        texts = desk.rules.texts
-        try:
-            alert_id, contact_id = int(request.args["alert"]), int(request.args["contact"])
-            digits = (request.form.get("Digits") or request.args.get("Digits") or "none").strip()
-            result = desk.acknowledge_contact(contact_id, digits, "voice", alert_id)
-            said = result.reply if result is not None else texts["call_no_input"]
-        except (KeyError, ValueError):
-            said = texts["call_no_input"]
-        except Exception:  # never a 500 to the carrier
-            log.exception("alert call webhook failed")
-            said = texts["call_transfer"]
-        response.say(said, language="cmn-CN")
+        response.say(self.alert_call_answer(), language="cmn-CN")
         response.hangup()
         return Response(str(response), mimetype="application/xml")
 
-    return bp
+    def alert_call_answer(self) -> str:
+        texts = self.desk.rules.texts
+        try:
+            alert_id, contact_id = int(request.args["alert"]), int(request.args["contact"])
+            digits = (request.form.get("Digits") or request.args.get("Digits") or "none").strip()
+            result = self.desk.acknowledge_contact(contact_id, digits, "voice", alert_id)
+            return result.reply if result is not None else texts["call_no_input"]
+        except (KeyError, ValueError):
+            return texts["call_no_input"]
+        except Exception:  # never a 500 to the carrier
+            log.exception("alert call webhook failed")
+            return texts["call_transfer"]
+
+
+ROUTES: list[Route] = [
+    ("POST", "/api/sensors/readings", Sensors.readings),
+    ("POST", "/webhooks/twilio/voice/alert", Sensors.alert_call),
+]
+
+
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
+    return register(Blueprint(NAME, __name__), ROUTES, Sensors(runtime))

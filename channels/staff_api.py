@@ -15,6 +15,8 @@ GET  /staff/api/tickets/<ref>                                 one ticket with de
 POST /staff/api/tickets/<ref>/<action>                        action ∈ route accept start
      JSON {"note": "…", "department": "…"} or multipart        resolve reject reopen close
      (note, department, photo=<file>)
+
+Error details are API strings for staff tools and integrators, in English.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
 from channels.boundary import int_arg, safe_equal
 from channels.open311 import media_links
+from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 
 NAME = "staff_api"
@@ -57,77 +60,76 @@ def ticket_json(view: TicketView, media_path: Callable[[str], Path | None], medi
     return out
 
 
-def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
-    bp = Blueprint(NAME, __name__, url_prefix="/staff/api")
-    desk = runtime.ticket_loop.desk
-    links = media_links(runtime)  # photos are served only through signed, expiring links
-    token = runtime.settings.env.get("STAFF_API_TOKEN") or ""
+class StaffApi:
+    """The department ticket API: a bearer token in, the ticket desk's answers out as JSON."""
 
-    photo_limit = desk.media.policy.max_bytes + 64 * 1024
+    def __init__(self, runtime: ChannelRuntime) -> None:
+        self.desk = runtime.ticket_loop.desk
+        self.staff = runtime.staff
+        self.links = media_links(runtime)  # photos are served only through signed, expiring links
+        self.token = runtime.settings.env.get("STAFF_API_TOKEN") or ""
+        self.photo_limit = self.desk.media.policy.max_bytes + 64 * 1024
 
-    staff = runtime.staff
-
-    @bp.post("/login")
-    def login():
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("username", "password")):
-            return _error("invalid_json", "body must be {\"username\": …, \"password\": …}", 400)
-        result = staff.directory.authenticate(body["username"], body["password"], request.remote_addr or "")
-        if result.outcome != "ok":
-            status = {"locked": 423, "throttled": 429}.get(result.outcome, 403)
-            return _error(result.outcome, "login refused", status)
-        return jsonify({"token": result.session_token, "expires_in_hours": staff.directory.policy.session_max_hours})
-
-    @bp.before_request
-    def authorise():
-        request.max_content_length = photo_limit  # a fix photo is bigger than the app's 1 MB webhook cap
+    def authorise(self):
+        request.max_content_length = self.photo_limit  # a fix photo is bigger than the app's 1 MB webhook cap
         if request.endpoint == f"{NAME}.login":
             return None
         given = request.headers.get("Authorization", "")
         bearer = given[7:] if given.startswith("Bearer ") else ""
-        if token and bearer and safe_equal(bearer, token):
+        if self.token and bearer and safe_equal(bearer, self.token):
             g.staff = None  # the integration token: admin, unscoped
             return None
-        active = staff.directory.session(bearer) if bearer else None
-        if active is None or not staff.queries.allows(active.staff, "tickets"):
+        active = self.staff.directory.session(bearer) if bearer else None
+        if active is None or not self.staff.queries.allows(active.staff, "tickets"):
             return _error("forbidden", "staff token missing, expired or without access to tickets", 403)
         g.staff = active.staff
         return None
 
-    def actor() -> str:
+    def actor(self) -> str:
         if g.staff is not None:
             return g.staff.actor
         name = request.headers.get("X-Staff-Name", "").strip()
         return f"staff:{name}" if _NAME_RE.match(name) else "staff:api"
 
-    def visible(reference: str) -> bool:
-        return g.staff is None or staff.queries.can_see_ticket(g.staff, reference)
+    def visible(self, reference: str) -> bool:
+        return g.staff is None or self.staff.queries.can_see_ticket(g.staff, reference)
 
-    @bp.get("/tickets")
-    def list_tickets():
+    def json(self, view: TicketView, *, private: bool = False) -> dict[str, Any]:
+        return ticket_json(view, self.desk.media.find, self.links.path, private=private)
+
+    def login(self):
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("username", "password")):
+            return _error("invalid_json", "body must be {\"username\": …, \"password\": …}", 400)
+        directory = self.staff.directory
+        result = directory.authenticate(body["username"], body["password"], request.remote_addr or "")
+        if result.outcome != "ok":
+            status = {"locked": 423, "throttled": 429}.get(result.outcome, 403)
+            return _error(result.outcome, "login refused", status)
+        return jsonify({"token": result.session_token, "expires_in_hours": directory.policy.session_max_hours})
+
+    def list_tickets(self):
         status = [s for s in request.args.get("status", "").split(",") if s]
-        views = desk.search(status=status or None, department=request.args.get("department") or None,
-                          triage=request.args.get("triage") == "1",
-                          limit=int_arg(request.args, "limit", 100, 1, 500))
+        views = self.desk.search(status=status or None, department=request.args.get("department") or None,
+                                 triage=request.args.get("triage") == "1",
+                                 limit=int_arg(request.args, "limit", 100, 1, 500))
         if g.staff is not None:  # the role's scope, from the same SQL predicate the console uses
-            allowed = set(staff.queries.ticket_references(g.staff, limit=5000))
+            allowed = set(self.staff.queries.ticket_references(g.staff, limit=5000))
             views = [v for v in views if v.reference in allowed]
-        return jsonify([ticket_json(v, desk.media.find, links.path) for v in views])
+        return jsonify([self.json(v) for v in views])
 
-    @bp.get("/tickets/<reference>")
-    def get_ticket(reference: str):
-        if not visible(reference):  # outside the role's scope: as if it did not exist
+    def get_ticket(self, reference: str):
+        if not self.visible(reference):  # outside the role's scope: as if it did not exist
             return _error("not_found", f"no ticket {reference}", 404)
-        view = desk.view(reference, actor=actor())
+        view = self.desk.view(reference, actor=self.actor())
         if view is None:
             return _error("not_found", f"no ticket {reference}", 404)
-        return jsonify(ticket_json(view, desk.media.find, links.path, private=True))
+        return jsonify(self.json(view, private=True))
 
-    @bp.post("/tickets/<reference>/<action>")
-    def act(reference: str, action: str):
+    def act(self, reference: str, action: str):
         if action not in ACTIONS:
             return _error("unknown_action", f"action must be one of {sorted(ACTIONS)}", 404)
-        if not visible(reference):
+        if not self.visible(reference):
             return _error("not_found", f"no ticket {reference}", 404)
         if request.is_json:
             body = request.get_json(silent=True)
@@ -145,7 +147,8 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
         if department is not None and (not isinstance(department, str) or not 0 < len(department) <= 64):
             return _error("invalid_department", "department must be 1–64 characters", 400)
         try:
-            view = desk.staff_action(reference, action, actor(), note=note, department=department, photo=photo)
+            view = self.desk.staff_action(reference, action, self.actor(), note=note, department=department,
+                                          photo=photo)
         except LookupError:
             return _error("not_found", f"no ticket {reference}", 404)
         except TransitionError as exc:
@@ -154,6 +157,19 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
             return _error("invalid_photo", exc.code, 413 if exc.code == "too_large" else 415)
         except ValueError as exc:
             return _error("invalid_request", str(exc), 400)
-        return jsonify(ticket_json(view, desk.media.find, links.path))
+        return jsonify(self.json(view))
 
-    return bp
+
+ROUTES: list[Route] = [
+    ("POST", "/login", StaffApi.login),
+    ("GET", "/tickets", StaffApi.list_tickets),
+    ("GET", "/tickets/<reference>", StaffApi.get_ticket),
+    ("POST", "/tickets/<reference>/<action>", StaffApi.act),
+]
+
+
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
+    api = StaffApi(runtime)
+    bp = Blueprint(NAME, __name__, url_prefix="/staff/api")
+    bp.before_request(api.authorise)  # every route but login needs a staff token
+    return register(bp, ROUTES, api)

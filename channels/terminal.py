@@ -1,72 +1,95 @@
-"""Terminal channel: `python -m assistant chat`, the same core for staff training and demos."""
+"""Terminal channel: `python -m assistant chat` and `python -m assistant call`, the same core and
+the same call flow for staff training and demos. What the terminal itself prints around the
+conversation (help, speaker labels) is in domain.yml (`utter_terminal_*`), picked by name."""
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Any, TextIO
 
+from assistant.dialogue.domain import Domain
+from assistant.ivr import CallInput
 from assistant.types import Reply, UserMessage
+from channels.phone_call import CHANNEL as CALL_CHANNEL
+from channels.phone_call import PhoneCall
+from channels.runtime_port import ChannelRuntime
 
 NAME = "terminal"
-HELP = "（输入 /quit 退出，/restart 重新开始；按钮可以直接输入按钮上的字）"
+KEYS = "0123456789*#"
+# The terminal's own lines; refused at start if domain.yml lacks one.
+TERMINAL_RESPONSES = ("utter_terminal_chat_help", "utter_terminal_restarted", "utter_terminal_assistant",
+                      "utter_terminal_you", "utter_terminal_handoff", "utter_terminal_urgent",
+                      "utter_terminal_call_help", "utter_terminal_hotline", "utter_terminal_to_person",
+                      "utter_terminal_caller")
 
 
-def _show(reply: Reply, out: TextIO) -> None:
-    out.write(f"助手：{reply.text}\n")
+class TerminalLines:
+    """The terminal's own lines, rendered by name from domain.yml."""
+
+    def __init__(self, domain: Domain) -> None:
+        domain.require({name: "printed by the terminal channel" for name in TERMINAL_RESPONSES})
+        self.domain = domain
+
+    def __call__(self, name: str, **values: Any) -> str:
+        return self.domain.render(f"utter_terminal_{name}", values).text
+
+
+def _show(reply: Reply, out: TextIO, line: TerminalLines) -> None:
+    out.write(line("assistant", text=reply.text) + "\n")
     if reply.buttons:
         out.write("      " + "  ".join(f"[{b.title}]" for b in reply.buttons) + "\n")
     if reply.handoff:
-        out.write("      （已转人工" + ("，紧急" if reply.urgent else "") + "）\n")
+        out.write("      " + line("handoff", urgent=line("urgent") if reply.urgent else "") + "\n")
 
 
-def run_chat(runtime, stdin: TextIO, stdout: TextIO, sender: str = "terminal", phone: str | None = None) -> None:
+def run_chat(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, sender: str = "terminal",
+             phone: str | None = None) -> None:
     assistant = runtime.assistant
-    stdout.write(HELP + "\n")
+    line = TerminalLines(runtime.domain)
+    stdout.write(line("chat_help") + "\n")
     buttons: dict[str, str] = {}
     while True:
-        stdout.write("您：")
+        stdout.write(line("you"))
         stdout.flush()
-        line = stdin.readline()
-        if not line:
+        said = stdin.readline()
+        if not said:
             break
-        text = line.strip()
+        text = said.strip()
         if text == "/quit":
             break
         if text == "/restart":
             assistant.reset(NAME, sender)
-            stdout.write("（已重新开始）\n")
+            stdout.write(line("restarted") + "\n")
             continue
         text = buttons.get(text, text)  # typing a button's title presses it
-        replies = assistant.handle(UserMessage(sender_id=sender, text=text, channel=NAME, phone=phone))
-        buttons = {b.title: b.payload for r in replies for b in r.buttons}
-        for reply in replies:
-            _show(reply, stdout)
-        if replies and replies[-1].end_session:
+        turn = assistant.turn(UserMessage(sender_id=sender, text=text, channel=NAME, phone=phone))
+        buttons = {b.title: b.payload for r in turn.replies for b in r.buttons}
+        for reply in turn.replies:
+            _show(reply, stdout, line)
+        if turn.ended:
             break
 
 
-
-def run_call(runtime, stdin: TextIO, stdout: TextIO, caller: str | None = None, sender: str = "CAterminal0001") -> None:
+def run_call(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, caller: str | None = None,
+             sender: str = "CAterminal0001") -> None:
     """`python -m assistant call`: a phone call in the terminal, for staff training. Type keys
     (digits, *, #; a long number ends with #) or words as the caller would say them."""
-    from assistant.ivr import CallInput
-    from channels.phone_call import PhoneCall
-
     phone = PhoneCall(runtime, runtime.ivr_flow)
-    runtime.assistant.reset("voice", sender)
-    stdout.write("（模拟来电：输入按键如 1、0、#，或直接输入要说的话；/hangup 挂机）\n")
+    line = TerminalLines(runtime.domain)
+    runtime.assistant.reset(CALL_CHANNEL, sender)
+    stdout.write(line("call_help") + "\n")
     step = phone.greet(sender, caller)
     while True:
-        stdout.write("热线：" + "".join(step.say) + "\n")
+        stdout.write(line("hotline", text="".join(step.say)) + "\n")
         if step.next == "person":
-            stdout.write("（转接工作人员）\n")
+            stdout.write(line("to_person") + "\n")
         if step.next != "listen":
             break
-        stdout.write("来电人：")
+        stdout.write(line("caller"))
         stdout.flush()
-        line = stdin.readline()
-        if not line or line.strip() == "/hangup":
+        said = stdin.readline()
+        if not said or said.strip() == "/hangup":
             break
-        text = line.strip()
-        is_keys = bool(text) and all(ch in "0123456789*#" for ch in text)
+        text = said.strip()
+        is_keys = bool(text) and all(ch in KEYS for ch in text)
         value = CallInput(digits=text if is_keys else "", speech="" if is_keys else text)
         step = phone.heard(sender, caller, step.step or "main", step.expects, step.tries, value)
     runtime.calls.end(sender, "completed")

@@ -6,7 +6,7 @@ Twilio opens `wss://…/media-stream` after <Connect><Stream> and sends JSON eve
 `mark` and `clear` (stop playback at once: barge-in when the caller starts talking).
 
 The call logic is the same as for <Gather> (channels/phone_call.py). When the call must reach a
-person or end, we leave that in the session store and close the socket; Twilio then follows the
+person or end, we leave that in a `StreamExit` (phone_call.py) and close the socket; Twilio then follows the
 <Redirect> after <Connect> to /webhooks/twilio/voice/after-stream, which dials or hangs up.
 Recognition runs on the decode pool's thread, never on the event loop. A prompt is said phrase
 by phrase as the voice makes it (the first words go out while the rest is synthesised), by its
@@ -20,7 +20,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from assistant.voice.phrases import answer_expectation, heard_answer
 from assistant.voice.tts import SpeechChunk
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
 from backend.sms_format import mainland_mobile
-from channels.phone_call import CallStep, PhoneCall
+from channels.phone_call import CallStep, PhoneCall, StreamExit, stream_exits
 from channels.runtime_port import ChannelRuntime
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ class StreamCall:
     """One call on one socket."""
 
     phone: PhoneCall
-    services: Any
-    send: Any  # async callable(dict)
+    services: Any  # runtime.voice (VoiceServices): recogniser pool, streaming voice, config
+    send: Callable[[dict[str, Any]], Awaitable[None]]  # one JSON event to Twilio
     call_sid: str = ""
     stream_sid: str = ""
     caller: str | None = None
@@ -84,7 +84,7 @@ class StreamCall:
     keyed: str = ""
     marks: int = 0
     closing: bool = False
-    hangup: Any = None  # async callable: close the socket (a prompt that cannot be said)
+    hangup: Callable[[], Awaitable[Any]] | None = None  # close the socket (a prompt that cannot be said)
     speaking: asyncio.Task[None] | None = None
     detector: EndpointDetector = field(init=False)
 
@@ -103,8 +103,7 @@ class StreamCall:
     async def act(self, step: CallStep) -> None:
         self.step = step
         if step.next != "listen":
-            self.phone.runtime.sessions.save(f"stream:{self.call_sid}",
-                                             {"next": step.next, "reference": step.reference}, 600)
+            stream_exits(self.phone.runtime.sessions).save(self.call_sid, StreamExit(step.next, step.reference))
             self.closing = True  # close once the last words have been played (mark echoed)
             if not "".join(step.say):
                 raise ConnectionAbortedError
@@ -138,7 +137,7 @@ class StreamCall:
         except Exception as exc:
             if not _closed(exc):
                 log.exception("stream %s could not speak", self.call_sid)
-                self.phone.runtime.sessions.save(f"stream:{self.call_sid}", {"next": "person"}, 600)
+                stream_exits(self.phone.runtime.sessions).save(self.call_sid, StreamExit("person"))
                 if self.hangup is not None:
                     await self.hangup()  # Twilio follows <Redirect> to after-stream: a person
 
@@ -265,7 +264,7 @@ class MediaStreamServer:
             pass
         except Exception:
             log.exception("media stream %s failed", call.call_sid)
-            self.runtime.sessions.save(f"stream:{call.call_sid}", {"next": "person"}, 600)
+            stream_exits(self.runtime.sessions).save(call.call_sid, StreamExit("person"))
         finally:
             call.stop()
             await socket.close()

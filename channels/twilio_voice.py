@@ -13,11 +13,14 @@ for travels in the action URL, so any worker takes the next webhook. Every answe
 an error says sorry and offers a person — never an HTTP 500 to the carrier. When config.yml asks
 for our own recogniser (voice.phone_recognizer: local), the call is handed to a Media Stream
 (twilio_media.py) instead of <Gather>.
+
+Routes are named handlers of `VoiceWebhooks`, listed once in `ROUTES`.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -25,12 +28,11 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, request, send_file
 from twilio.twiml.voice_response import Connect, Dial, Gather, VoiceResponse
 
-from assistant.config import Settings
 from assistant.ivr import CallInput, IvrFlow
 from assistant.privacy import mask_phone
 from assistant.voice.tts import Speech, TwilioSay
 from backend.sms_format import mainland_mobile
-from channels.phone_call import CallStep, PhoneCall
+from channels.phone_call import CallStep, PhoneCall, StreamExit, stream_exits
 from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
 
@@ -167,21 +169,38 @@ def _input() -> CallInput:
                      speech=(request.form.get("SpeechResult") or "").strip(), confidence=value)
 
 
-def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
-    settings: Settings = runtime.settings
-    flow = runtime.ivr_flow
-    phone = PhoneCall(runtime, flow)
-    voice_config = settings.config.get("voice") or {}
-    stream_url = settings.env.get("MEDIA_STREAM_URL") or None
-    use_stream = voice_config.get("phone_recognizer") == "local" and stream_url
-    prompts = settings.env.get("PHONE_PROMPTS") or flow.say.get("mode", "play")
-    twiml = TwimlRenderer(flow, settings.env.get("AGENT_NUMBER") or None, stream_url, runtime.voice,
-                          play=prompts == "play")
-    signature = TwilioSignature(TwilioConfig.from_env(settings.env), NAME)
-    bp = Blueprint(NAME, __name__)
-    no_agent = phone.nav.message("no_agent")
+class VoiceWebhooks:
+    """The hotline's webhooks, one named handler per route (see ROUTES): each reads the request,
+    asks `PhoneCall` what the call does next, and answers TwiML."""
 
-    def safe(view: Callable[..., Response]) -> Callable[..., Response]:
+    def __init__(self, runtime: ChannelRuntime) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.flow = runtime.ivr_flow
+        self.phone = PhoneCall(runtime, self.flow)
+        self.exits = stream_exits(runtime.sessions)
+        voice_config = settings.config.get("voice") or {}
+        stream_url = settings.env.get("MEDIA_STREAM_URL") or None
+        self.use_stream = bool(voice_config.get("phone_recognizer") == "local" and stream_url)
+        prompts = settings.env.get("PHONE_PROMPTS") or self.flow.say.get("mode", "play")
+        self.twiml = TwimlRenderer(self.flow, settings.env.get("AGENT_NUMBER") or None, stream_url, runtime.voice,
+                                   play=prompts == "play")
+        self.signature = TwilioSignature(TwilioConfig.from_env(settings.env), NAME)
+        self.no_agent = self.phone.nav.message("no_agent")
+
+    # -- request parts and the answer ------------------------------------------------------------
+    @staticmethod
+    def _caller() -> str | None:
+        return mainland_mobile(request.form.get("From") or "") or None
+
+    @staticmethod
+    def _call_sid() -> str:
+        return (request.form.get("CallSid") or "").strip()
+
+    def _render(self, step: CallStep) -> Response:
+        return _twiml(self.twiml.render(step, self.no_agent, self.phone.language(self._call_sid())))
+
+    def safe(self, view: Callable[..., Response]) -> Callable[..., Response]:
         """Any failure still answers valid TwiML: an apology and a person (or a promised call back)."""
 
         @wraps(view)
@@ -190,105 +209,121 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
                 return view(*args, **kwargs)
             except Exception:
                 log.exception("voice webhook failed")
-                return _twiml(twiml.render(CallStep((phone.nav.message("error"),), "person"), no_agent))
+                return _twiml(self.twiml.render(CallStep((self.phone.nav.message("error"),), "person"),
+                                                self.no_agent))
 
         return wrapper
 
-    def caller() -> str | None:
-        return mainland_mobile(request.form.get("From") or "") or None
-
-    def call_sid() -> str:
-        return (request.form.get("CallSid") or "").strip()
-
-    def render(step: CallStep) -> Response:
-        return _twiml(twiml.render(step, no_agent, phone.language(call_sid())))
-
-    @bp.before_request
-    def check_signature() -> Response | None:
+    # -- handlers --------------------------------------------------------------------------------
+    def check_signature(self) -> Response | None:
         if request.path.startswith(TTS_PATH + "/"):
             return None  # Twilio fetches <Play> audio with a plain GET
-        if not signature.ok(request):
-            return signature.refuse(request)
-        sid = call_sid()
+        if not self.signature.ok(request):
+            return self.signature.refuse(request)
+        sid = self._call_sid()
         if not (sid.startswith("CA") and 10 < len(sid) <= 64):
             return Response("CallSid missing or malformed", status=400, mimetype="text/plain")
         return None
 
-    @bp.post(BASE)
-    @safe
-    def incoming() -> Response:
-        sid, number = call_sid(), caller()
+    def incoming(self) -> Response:
+        sid, number = self._call_sid(), self._caller()
         log.info("call %s from %s", sid, mask_phone(number) if number else "unknown")
-        if use_stream:
-            phone.calls.start(sid, number)
-            return _twiml(twiml.stream(sid, number))
-        return render(phone.greet(sid, number))
+        if self.use_stream:
+            self.phone.calls.start(sid, number)
+            return _twiml(self.twiml.stream(sid, number))
+        return self._render(self.phone.greet(sid, number))
 
-    @bp.post(f"{BASE}/gather")
-    @safe
-    def gather() -> Response:
+    def gather(self) -> Response:
         try:
             tries = max(0, min(int(request.args.get("tries", 0)), 10))
         except ValueError:
             tries = 0
-        step = request.args.get("step", flow.start)
+        step = request.args.get("step", self.flow.start)
         message_id = request.headers.get("I-Twilio-Idempotency-Token") or None
-        return render(phone.heard(call_sid(), caller(), step, request.args.get("expects") or None, tries,
-                                  _input(), message_id))
+        return self._render(self.phone.heard(self._call_sid(), self._caller(), step,
+                                             request.args.get("expects") or None, tries, _input(), message_id))
 
-    @bp.post(f"{BASE}/after-stream")
-    @safe
-    def after_stream() -> Response:
-        """The Media Stream closed: it left what comes next (a person, or the end) in the store."""
-        pending = runtime.sessions.load(f"stream:{call_sid()}") or {}
-        runtime.sessions.delete(f"stream:{call_sid()}")
-        if pending.get("next") == "person":
-            return render(CallStep((), "person", reference=pending.get("reference")))
-        return render(CallStep((phone.nav.message("goodbye"),), "end"))
+    def after_stream(self) -> Response:
+        """The Media Stream closed: it left what comes next (a person, or the end) in a StreamExit."""
+        exit_ = self.exits.load(self._call_sid()) or StreamExit()
+        self.exits.delete(self._call_sid())
+        if exit_.next == "person":
+            return self._render(CallStep((), "person", reference=exit_.reference))
+        return self._render(CallStep((self.phone.nav.message("goodbye"),), "end"))
 
-    @bp.post(f"{BASE}/dial-done")
-    @safe
-    def dial_done() -> Response:
+    def dial_done(self) -> Response:
         status = (request.form.get("DialCallStatus") or "").lower()
         if status in {"completed", "answered"}:
             response = VoiceResponse()
             response.hangup()
             return _twiml(response)
-        return render(CallStep((no_agent, phone.nav.message("goodbye")), "end"))
+        return self._render(CallStep((self.no_agent, self.phone.nav.message("goodbye")), "end"))
 
-    @bp.post(f"{BASE}/whisper")
-    @safe
-    def whisper() -> Response:
-        reference = request.args.get("ref", "")
-        case = runtime.backend.get_case(reference, actor="agent") if reference.isascii() and reference.isdigit() else None
-        summary = "没有记录。"
-        if case is not None:
-            form = (case.fields or {}).get("form_name")
-            parts = ["紧急" if (case.fields or {}).get("urgent") else "", f"服务编号{reference}",
-                     f"正在办{form}" if form else ""]
-            summary = "，".join(p for p in parts if p) + "。"
+    def whisper(self) -> Response:
         response = VoiceResponse()
-        twiml.say(response, phone.nav.message("whisper", summary=summary))
+        summary = self._case_summary(request.args.get("ref", ""))
+        self.twiml.say(response, self.phone.nav.message("whisper", summary=summary))
         return _twiml(response)
 
-    @bp.get(f"{TTS_PATH}/<name>")
-    def prompt_audio(name: str) -> Response:
+    def _case_summary(self, reference: str) -> str:
+        """What the agent hears of the case before being connected (sentences from the flow)."""
+        case = None
+        if reference.isascii() and reference.isdigit():
+            case = self.runtime.backend.get_case(reference, actor="agent")
+        if case is None:
+            return self.phone.nav.message("whisper_unknown")
+        fields = case.fields or {}
+        form = fields.get("form_name")
+        return self.phone.nav.message(
+            "whisper_case", reference=reference,
+            urgent=self.phone.nav.message("whisper_urgent") if fields.get("urgent") else "",
+            form=self.phone.nav.message("whisper_form", form=form) if form else "",
+        )
+
+    def prompt_audio(self, name: str) -> Response:
         # A sentence named by the last webhook may still be being made: wait for it (only names
         # with a pending file are waited for; anything else is 404 at once).
-        path = runtime.voice.await_file(name, PROMPT_WAIT_SECONDS)
+        path = self.runtime.voice.await_file(name, PROMPT_WAIT_SECONDS)
         if path is None:
             return Response("no such audio", status=404, mimetype="text/plain")
         return send_file(path, mimetype="audio/wav", max_age=86400)
 
-    @bp.post(f"{BASE}/status")
-    def status() -> Response:
+    def status(self) -> Response:
         state = (request.form.get("CallStatus") or "").lower()
         if state in {"completed", "busy", "no-answer", "failed", "canceled"}:
-            phone.calls.end(call_sid(), state)
-            runtime.sessions.delete(f"ivr:{call_sid()}")
+            self.phone.calls.end(self._call_sid(), state)
+            self.phone.forget(self._call_sid())
         return Response(status=204)
 
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: str  # a VoiceWebhooks method; also the endpoint name
+    safe: bool = True  # a failure answers apologetic TwiML (not for audio files and status pings)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", BASE, "incoming"),
+    Route("POST", f"{BASE}/gather", "gather"),
+    Route("POST", f"{BASE}/after-stream", "after_stream"),
+    Route("POST", f"{BASE}/dial-done", "dial_done"),
+    Route("POST", f"{BASE}/whisper", "whisper"),
+    Route("GET", f"{TTS_PATH}/<name>", "prompt_audio", safe=False),
+    Route("POST", f"{BASE}/status", "status", safe=False),
+)
+
+
+def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
+    hooks = VoiceWebhooks(runtime)
+    bp = Blueprint(NAME, __name__)
+    bp.before_request(hooks.check_signature)
+    for route in ROUTES:
+        view = getattr(hooks, route.handler)
+        bp.add_url_rule(route.path, endpoint=route.handler, view_func=hooks.safe(view) if route.safe else view,
+                        methods=[route.method])
     return bp
 
 
-__all__: Sequence[str] = ("make_blueprint", "TwimlRenderer")
+__all__: Sequence[str] = ("make_blueprint", "TwimlRenderer", "VoiceWebhooks", "ROUTES")

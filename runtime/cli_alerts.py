@@ -36,7 +36,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         rules = alert_rules(load_settings())
-        households = load_households(args.households) if args.households else None
+        households = load_households(args.households, rules.kinds) if args.households else None
     except (HouseholdsFileError, RulesConfigError, OSError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -46,7 +46,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{path}:{number}: skipped malformed reading: {error}", file=sys.stderr)
 
     with path.open(encoding="utf-8") as fh:
-        readings = sorted_readings(read_jsonl(fh, parse_stats, bad_line))
+        readings = sorted_readings(read_jsonl(fh, parse_stats, bad_line, rules.kinds))
     until = datetime.fromisoformat(args.until) if args.until else (readings[-1].ts if readings else None)
     changes, replayer = replay(readings, AlertEngine(rules, track_dispatch=True), households, until)
     for change in changes:
@@ -62,14 +62,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from backend.alerts.households import HouseholdsFileError, load_households
     from backend.outbox import Outbox
-    from runtime.container import build_alert_desk, make_cipher, make_clock, open_database
+    from runtime.container import alert_rules, build_alert_desk, make_cipher, make_clock, open_database
 
-    try:
-        households = load_households(args.households)
+    settings = load_settings()
+    try:  # sensor kinds are those the configured rules name (a new kind needs config only)
+        households = load_households(args.households, alert_rules(settings).kinds)
     except (HouseholdsFileError, OSError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    settings = load_settings()
     sessions, cipher, clock = open_database(settings), make_cipher(settings), make_clock(settings)
     desk = build_alert_desk(settings, sessions, cipher, clock, Outbox(sessions, cipher, clock, None))
     count = desk.register_households(households, actor="cli:alerts-import")

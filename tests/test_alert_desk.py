@@ -404,3 +404,23 @@ def test_a_worker_with_two_open_alerts_picks_one_by_its_number(world: World) -> 
     assert world.desk.acknowledge(GRID_WORKER, f"收到 {water.id}", "sms").alert_id == water.id
     assert world.desk.acknowledge(GRID_WORKER, "1", "sms").alert_id == gas.id  # else the latest
     assert world.desk.acknowledge(GRID_WORKER, "1 999", "sms") is None  # not an alert of theirs
+
+
+# --- a rule defined only in config ------------------------------------------------------------------
+def test_a_co2_threshold_rule_from_config_alone_texts_the_grid_worker(world: World) -> None:
+    config = copy.deepcopy(load_settings({}).config["alerts"])
+    config["rules"]["co2_high"] = {"kind": "threshold", "sensor": "co2", "above": 2000, "minutes": 10,
+                                   "level": "medium", "notify": ["grid_worker"], "sla": {"ack_minutes": 30}}
+    config["texts"] = {"what_co2_high": "室内二氧化碳浓度过高（{value}ppm）"}
+    config["offline_hours"] = {**config["offline_hours"], "co2": 24}
+    world.rules = AlertRules.from_config(config)
+    world.restart()
+    world.desk.register_device("H001", "C-H001", "co2")
+    world.clock.now = world.at(9.2)
+    result = world.post(TOKEN_1, *[("C-H001", "co2", 2500, world.at(9) + timedelta(minutes=m)) for m in range(11)])
+    assert result.accepted == 11 and len(result.alerts) == 1
+    (alert,) = world.alerts()
+    assert (alert.rule, alert.level, alert.state, alert.raised_at) == (
+        "co2_high", "medium", "notified", world.at(9) + timedelta(minutes=10))
+    assert "室内二氧化碳浓度过高（2500ppm）" in world.texts(GRID_WORKER)[0]
+    assert "30分钟内电话联系" in world.texts(GRID_WORKER)[0]

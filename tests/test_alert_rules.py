@@ -296,3 +296,103 @@ def test_replay_ticks_between_readings_at_the_due_time() -> None:
     out = [(c.event, c.at) for c in changes]
     assert out == [("raised", at(10)), ("escalated", at(10.25)), ("escalated", at(10.5))]
     assert replayer.stats.readings == 2
+
+
+# --- rule kinds from config ------------------------------------------------------------------------
+CO2_RULE = {"kind": "threshold", "sensor": "co2", "above": 2000, "minutes": 10, "clear_after_minutes": 5,
+            "level": "medium", "notify": ["grid_worker", "family"], "sla": {"ack_minutes": 30}}
+CO2_TEXT = "室内二氧化碳浓度过高（{value}ppm）持续{minutes}分钟"
+
+
+def co2_rules() -> AlertRules:
+    """A rule over a sensor kind no code knows, defined only here (config, not code)."""
+    config = copy.deepcopy(CONFIG)
+    config["rules"]["co2_high"] = dict(CO2_RULE)
+    config["rules"]["sensor_offline"]["enabled"] = False
+    config["texts"] = {"what_co2_high": CO2_TEXT, "device_co2": "二氧化碳传感器"}
+    config["offline_hours"] = {**config["offline_hours"], "co2": 1}
+    return AlertRules.from_config(config)
+
+
+def test_a_new_threshold_rule_over_a_new_sensor_kind_needs_only_config() -> None:
+    engine_rules = co2_rules()
+    assert "co2" in engine_rules.kinds and engine_rules.policy("co2_high").kind == "threshold"
+    home = Home(engine_rules, dispatch=False)
+    for minute in range(0, 10):  # 9 minutes above 2000 ppm, then fresh air: nothing
+        home.feed("co2", 2600, at(9) + timedelta(minutes=minute))
+    home.feed("co2", 800, at(9) + timedelta(minutes=10))
+    assert home.changes == []
+    start = at(14)
+    for minute in range(0, 11):
+        home.feed("co2", 2400 + minute, start + timedelta(minutes=minute))
+    assert [(c.rule, c.event, c.level, c.at, c.notify, dict(c.detail)) for c in home.changes] == [
+        ("co2_high", "raised", "medium", start + timedelta(minutes=10), ("grid_worker", "family"),
+         {"value": 2410, "minutes": 10})]
+    assert engine_rules.texts["what_co2_high"].format(**home.changes[0].detail) == "室内二氧化碳浓度过高（2410ppm）持续10分钟"
+    home.feed("co2", 2000, start + timedelta(minutes=12))  # "above 2000": 2000 itself is back in range
+    assert [c.event for c in home.feed("co2", 900, start + timedelta(minutes=17))] == ["cleared"]
+    # Readings and households files accept the new kind once config names it, and not before.
+    raw = {"household": "H1", "device": "c", "kind": "co2", "value": 2100, "ts": "2026-11-25T10:00:00+08:00"}
+    assert Reading.from_json(raw, kinds=engine_rules.kinds).kind == "co2"
+    with pytest.raises(ReadingError):
+        Reading.from_json(raw)
+    households = {"households": [{"id": "H1", "grid": "G1", "senior": {"name": "张"},
+                                  "devices": [{"id": "C-1", "kind": "co2"}]}]}
+    assert parse_households(households, engine_rules.kinds)["H1"].devices[0].kind == "co2"
+    with pytest.raises(HouseholdsFileError):
+        parse_households(households)
+
+
+def test_a_new_sensor_kind_goes_offline_like_any_other() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["offline_hours"] = {**config["offline_hours"], "co2": 1}
+    home = Home(AlertRules.from_config(config), dispatch=False)
+    home.feed("co2", 500, at(9), device="C-1")
+    offline = home.tick(at(10))
+    assert [(c.rule, c.key, c.detail["hours"]) for c in offline] == [("sensor_offline", "sensor_offline:C-1", 1)]
+
+
+@pytest.mark.parametrize(("rule", "spec", "texts", "message"), [
+    ("no_water", {**CONFIG["rules"]["no_water"], "kind": "silense"}, {}, "alerts.rules.no_water: unknown kind 'silense'"),
+    ("co2_high", {k: v for k, v in CO2_RULE.items() if k != "kind"}, {"what_co2_high": CO2_TEXT},
+     "alerts.rules.co2_high: missing required key 'kind'"),
+    ("co2_high", {k: v for k, v in CO2_RULE.items() if k != "sensor"}, {"what_co2_high": CO2_TEXT},
+     "alerts.rules.co2_high: missing required key 'sensor'"),
+    ("co2_high", {k: v for k, v in CO2_RULE.items() if k != "above"}, {"what_co2_high": CO2_TEXT},
+     "alerts.rules.co2_high: needs one of above, at_least, below, at_most"),
+    ("co2_high", {**CO2_RULE, "clear_by": "magic"}, {"what_co2_high": CO2_TEXT},
+     "alerts.rules.co2_high: clear_by must be readings or clock"),
+    ("co2_high", CO2_RULE, {}, "alerts.rules.co2_high: missing alerts.texts.what_co2_high"),
+    ("no_door", {k: v for k, v in CONFIG["rules"]["no_door"].items() if k != "hours"}, {},
+     "alerts.rules.no_door: needs one of minutes, hours"),
+    ("no_door", {**CONFIG["rules"]["no_door"], "hours": "two days"}, {},
+     "alerts.rules.no_door.hours: must be a number, not 'two days'"),
+])
+def test_a_rule_of_unknown_kind_or_missing_a_key_is_refused_at_start_naming_it(
+        rule: str, spec: dict, texts: dict, message: str) -> None:
+    config = copy.deepcopy(CONFIG)
+    config["rules"][rule] = spec
+    config["texts"] = texts
+    with pytest.raises(RulesConfigError) as err:
+        AlertRules.from_config(config)
+    assert message in str(err.value)
+
+
+def test_named_kinds_may_leave_kind_out_and_a_disabled_rule_is_not_checked() -> None:
+    config = copy.deepcopy(CONFIG)
+    del config["rules"]["sensor_offline"]["kind"]
+    config["rules"]["co2_high"] = {"kind": "nonsense", "enabled": False}
+    assert AlertRules.from_config(config).policy("sensor_offline").kind == "sensor_offline"
+
+
+def test_state_stored_before_rule_kinds_came_from_config_still_loads() -> None:
+    old = ('{"household":"H1","first_seen":"2026-11-25T07:00:00+08:00","devices":{"w":{"kind":"water",'
+           '"first":"2026-11-25T07:00:00+08:00","last":"2026-11-25T08:00:00+08:00"}},"water_value":1.5,'
+           '"water_last_use":"2026-11-25T08:00:00+08:00","door_last_open":null,"hr_out_since":null,'
+           '"hr_in_since":null,"gas_normal_since":"2026-11-25T09:00:00+08:00","elec_day":null,'
+           '"elec_day_last":null,"elec_prev_last":null,"elec_history":[],"open":{}}')
+    state = HouseholdState.from_json(old)
+    assert state.meters == {"water": 1.5} and state.last_active == {"water": at(8)}
+    assert state.runs["gas_leak"].in_since == at(9)
+    engine = AlertEngine(rules(rules__sensor_offline__enabled=False))
+    assert engine.next_due(state) == at(10)  # two hours after the stored last use

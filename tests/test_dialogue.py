@@ -452,3 +452,11 @@ def test_a_domain_missing_a_forms_read_back_is_refused_at_start_naming_it():
     message = str(refused.value)
     assert "utter_confirm_apply_senior_card" in message and "read back" in message
     assert "utter_ask_meal_time" in message and "apply_senior_card asks for meal_time" in message
+
+
+def test_terminal_refuses_a_domain_without_its_lines_naming_the_missing_one():
+    from assistant.dialogue.domain import Domain
+    from channels.terminal import TerminalLines
+
+    with pytest.raises(ValueError, match="utter_terminal_chat_help"):
+        TerminalLines(Domain({"responses": {"utter_terminal_you": [{"text": "您："}]}}))

@@ -1,14 +1,24 @@
 """Kiosk channel: JSON API contract and the page itself in a real headless Chromium."""
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import time
+import wave
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 from browser import ARTIFACTS, chromium, contrast, serving, set_viewport, wait
+from flask import Flask
 
+from assistant.dialogue.domain import Domain
+from assistant.types import ConversationStatus, Reply
+from assistant.voice.recognizer import Transcript, VoiceConfig
+from channels import kiosk as kiosk_channel
 from channels.app import create_app
 
 SESSION = "ab" * 12
@@ -275,3 +285,80 @@ def test_keypad_fits_the_screen_and_clears_between_questions_in_chromium(live_ki
         assert _keyed(browser) == ""
     finally:
         browser.quit()
+
+
+# --- the kiosk's own sentences: domain.yml responses picked by name ----------------------------------
+def _domain_doc():
+    return yaml.safe_load((Path(__file__).resolve().parent.parent / "domain.yml").read_text(encoding="utf-8"))
+
+
+class _FakePool:
+    """Stands in for the recogniser pool: answers with the transcript the case names."""
+
+    def __init__(self, transcript=None, error: Exception | None = None) -> None:
+        self.transcript, self.error = transcript, error
+
+    def transcribe(self, audio, expect=None, timeout: float = 10.0):
+        if self.error is not None:
+            raise self.error
+        return self.transcript
+
+
+def _heard(text: str, confidence: float, no_speech: bool = False):
+    return Transcript(text, text, confidence, 0, 1, 1, 0.01, "fake", no_speech=no_speech)
+
+
+def _wav(seconds: float = 0.5) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return out.getvalue()
+
+
+def _speech_kiosk(pool):
+    assistant = SimpleNamespace(status=lambda channel, sender: ConversationStatus(),
+                                handle=lambda message: [Reply(f"收到：{message.text}")])
+    voice = SimpleNamespace(pool=pool, config=VoiceConfig(), pieces=lambda text: [], prepare=lambda piece: None)
+    runtime = SimpleNamespace(domain=Domain(_domain_doc()), assistant=assistant, voice=voice)
+    app = Flask(__name__)
+    app.register_blueprint(kiosk_channel.make_blueprint(runtime))
+    return app.test_client(), runtime.domain
+
+
+@pytest.mark.parametrize("pool, body, status, error, response", [
+    (None, _wav(), 503, "asr_unavailable", "utter_kiosk_asr_unavailable"),
+    (_FakePool(), b"", 400, "invalid_audio", "utter_kiosk_audio_missing"),
+    (_FakePool(), b"not a wav", 400, "invalid_audio", "utter_kiosk_audio_unreadable"),
+    (_FakePool(error=TimeoutError()), _wav(), 503, "asr_timeout", "utter_kiosk_asr_timeout"),
+])
+def test_speech_refusals_say_the_domain_sentence(pool, body, status, error, response):
+    client, domain = _speech_kiosk(pool)
+    answer = client.post(f"/kiosk/api/speech?session={SESSION}", data=body)
+    assert answer.status_code == status
+    assert answer.get_json() == {"error": error, "detail": domain.render(response).text}
+
+
+def test_speech_that_was_not_heard_or_not_sure_is_asked_again_in_domain_words():
+    client, domain = _speech_kiosk(_FakePool(_heard("", 0.0, no_speech=True)))
+    quiet = client.post(f"/kiosk/api/speech?session={SESSION}", data=_wav()).get_json()
+    assert quiet["heard"] == "" and quiet["replies"][0]["text"] == domain.render("utter_kiosk_no_speech").text
+
+    client, domain = _speech_kiosk(_FakePool(_heard("我要订饭", 0.2)))
+    unsure = client.post(f"/kiosk/api/speech?session={SESSION}", data=_wav()).get_json()
+    [question] = unsure["replies"]
+    assert question["text"] == domain.render("utter_kiosk_did_you_say", {"heard": "我要订饭"}).text
+    assert "我要订饭" in question["text"]
+    # "是的" sends what was heard as the resident's answer; the other button asks again.
+    assert [b["payload"] for b in question["buttons"]] == ["我要订饭", "/repeat"]
+
+    client, _ = _speech_kiosk(_FakePool(_heard("我要订饭", 0.9)))
+    sure = client.post(f"/kiosk/api/speech?session={SESSION}", data=_wav()).get_json()
+    assert sure["heard"] == "我要订饭" and sure["replies"][0]["text"] == "收到：我要订饭"
+
+
+def test_kiosk_refuses_to_start_without_its_sentences():
+    doc = _domain_doc()
+    del doc["responses"]["utter_kiosk_asr_timeout"]
+    with pytest.raises(ValueError, match="utter_kiosk_asr_timeout"):
+        kiosk_channel.make_blueprint(SimpleNamespace(domain=Domain(doc)))

@@ -168,7 +168,9 @@ def test_zero_key_leaves_the_stream_for_a_person(stream_server, runtime):
                 await twilio.until("never", timeout=10)
 
     _run(call())
-    assert runtime.sessions.load(f"stream:{CALL}")["next"] == "person"
+    from channels.phone_call import stream_exits
+
+    assert stream_exits(runtime.sessions).load(CALL).next == "person"
 
 
 def test_streams_command_serves_calls_as_its_own_process_and_stops_cleanly(settings_env, tmp_path):

@@ -10,10 +10,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 from conftest import _free_port
 
+from assistant.dialogue.domain import Domain
+from channels import rest
 from channels.app import create_app
 from core_fixtures import make_id
 
@@ -164,3 +168,10 @@ def test_conversation_survives_server_restart_with_redis(tmp_path, model_dir, nl
         assert "电话" in reply  # the form went on where it stopped: the next question is the phone
     finally:
         restarted.kill9()
+
+
+def test_rest_refuses_to_start_without_its_too_long_sentence():
+    doc = yaml.safe_load((ROOT / "domain.yml").read_text(encoding="utf-8"))
+    del doc["responses"]["utter_message_too_long"]
+    with pytest.raises(ValueError, match="utter_message_too_long"):
+        rest.make_blueprint(SimpleNamespace(domain=Domain(doc), assistant=None))

@@ -10,7 +10,7 @@ from staff_world import PASSWORD, PEOPLE, build_world
 
 from backend.models import AuditEntry
 from channels.app import create_app
-from channels.console import make_blueprint
+from channels.staff_console import make_blueprint
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from staff_world import PASSWORD, build_world
 
 from backend.models import AuditEntry
 from channels.app import create_app
-from channels.console import make_blueprint
 from channels.proxies import apply_trusted_proxies, trusted_proxy_hops
+from channels.staff_console import make_blueprint
 from runtime import cli_staff
 
 

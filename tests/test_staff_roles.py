@@ -17,7 +17,7 @@ from backend.models import AuditEntry, Handoff, Ticket, verify_audit_chain
 from backend.proxy import ProxyGrant
 from backend.staff import StaffSession, StaffUser
 from channels.app import create_app
-from channels.console import make_blueprint
+from channels.staff_console import make_blueprint
 from runtime.container import build_runtime
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 from fixtures.twilio_world import (
     AUTH_TOKEN,
+    RESIDENT,
     RESIDENT_2,
     inbound_params,
     jpeg,
@@ -474,3 +475,114 @@ def test_serve_runs_the_worker_in_process_and_sends_the_follow_up(tmp_path, mode
     finally:
         server.kill()
         server.wait(10)
+
+
+# --- the inbox: what a message is, one claim per MessageSid, how many transactions --------------------------
+def _inbox(sms: SmsClient):
+    return sms.app.view_functions["twilio_sms.inbound"].args[0].inbox
+
+
+def _count_transactions(sms: SmsClient, monkeypatch) -> list[int]:
+    desk, calls = sms.loop.desk, []
+    real_run = desk.run
+
+    def counting_run(work, *args, **kwargs):
+        calls.append(1)
+        return real_run(work, *args, **kwargs)
+
+    monkeypatch.setattr(desk, "run", counting_run)
+    return calls
+
+
+@pytest.mark.parametrize(("body", "media", "kind"), [
+    ("TD", 0, "opt_out"), ("开 通", 0, "opt_in"), ("", 1, "photos"), ("", 0, "empty"), ("路灯" * 1000, 0, "too_long"),
+    ("进度30000001", 0, "progress"), ("评价五", 0, "rate"), ("评价9", 0, "rate"), ("取消", 0, "cancel"),
+    ("同意", 0, "open"), ("1", 0, "open"), ("阳光小区3号楼", 0, "open"),
+])
+def test_classify_reads_what_a_message_is_from_its_text(body, media, kind):
+    from backend.inbox import InboundSms, classify
+
+    assert classify(InboundSms(message_sid("SM"), RESIDENT_2, None, body, num_media=media), 500).kind == kind
+
+
+def test_rating_classified_with_its_score_and_reference():
+    from backend.inbox import InboundSms, classify
+
+    what = classify(InboundSms(message_sid("SM"), RESIDENT_2, None, "评价：四分 31852047"), 500)
+    assert (what.score, what.reference) == (4, "31852047")
+
+
+@pytest.mark.parametrize(("send", "transactions"), [
+    (lambda s: s.send("你好"), 2),  # the claim, then the answer: the turn runs between them
+    (lambda s: s.send("评价5"), 1),  # claim, act and answer together
+    (lambda s: s.send("", media=[(s.media.add("t.jpg", jpeg()), "image/jpeg")]), 1),
+    (lambda s: s.send(""), 1),
+])
+def test_transactions_per_message(sms, monkeypatch, send, transactions):
+    calls = _count_transactions(sms, monkeypatch)
+    send(sms)
+    assert len(calls) == transactions
+    assert _count(sms, SmsInbound, SmsInbound.route == "claimed") == 0
+
+
+def test_a_redelivered_conversation_turn_does_not_reach_the_core_again(sms, monkeypatch):
+    params = inbound_params("你好")
+    first = sms.post(WEBHOOK, params).get_data(as_text=True)
+    calls = _count_transactions(sms, monkeypatch)
+    turns: list[object] = []
+    real_turn = sms.runtime.assistant.turn
+    monkeypatch.setattr(sms.runtime.assistant, "turn", lambda message: turns.append(message) or real_turn(message))
+    assert sms.post(WEBHOOK, params).get_data(as_text=True) == first
+    assert turns == [] and len(calls) == 1  # one read of the claim, nothing else
+
+
+def test_a_failed_message_releases_its_claim_and_the_retry_runs_afresh(sms, monkeypatch):
+    conversation = _inbox(sms).conversation
+    real_reply = conversation.reply
+
+    def broken(message, text):
+        raise RuntimeError("the core fell over")
+
+    monkeypatch.setattr(conversation, "reply", broken)
+    params = inbound_params("你好")
+    assert "系统有点忙" in "".join(twiml_messages(sms.post(WEBHOOK, params).get_data(as_text=True)))
+    assert _count(sms, SmsInbound) == 0
+    monkeypatch.setattr(conversation, "reply", real_reply)
+    assert "系统有点忙" not in "".join(twiml_messages(sms.post(WEBHOOK, params).get_data(as_text=True)))
+    assert _count(sms, SmsInbound, SmsInbound.route == "conversation") == 1
+
+
+def test_a_redelivery_while_the_first_is_answered_waits_and_an_orphan_claim_is_taken_over(sms):
+    inbox = _inbox(sms)
+    inbox.pending_wait = 0.2
+    sid = message_sid("SM")
+    inbox.desk.run(lambda unit: inbox.ledger.claim(unit, message_sid=sid, from_hash="h", body="你好", num_media=0,
+                                                   stale_after=__import__("datetime").timedelta(seconds=60)))
+    # Claimed a moment ago by a delivery still at work: not answered twice, "send again later".
+    assert "系统有点忙" in "".join(sms.send("你好", sid=sid))
+    assert _count(sms, SmsInbound, SmsInbound.route == "claimed") == 1
+    # The worker that claimed it died: after a minute a redelivery answers it, once.
+    sms.clock.advance(seconds=61)
+    answer = sms.send("你好", sid=sid)
+    assert "系统有点忙" not in "".join(answer)
+    assert _count(sms, SmsInbound, SmsInbound.route == "conversation") == 1
+    assert sms.send("你好", sid=sid) == answer
+
+
+def test_the_digit_hint_is_the_channels_scratch_state_not_the_cores(sms):
+    from channels.sms_render import SmsScratch
+
+    sms.send("路灯坏了")
+    sms.send("阳光小区3号楼")
+    store = sms.runtime.sessions
+    assert store.load(f"scratch:sms:{RESIDENT}") == {"expects": "confirm"}
+    assert store.load(f"sms-channel:{RESIDENT}") is None
+    assert SmsScratch(**store.load(f"scratch:sms:{RESIDENT}")).expects == "confirm"
+
+
+def test_the_channel_refuses_to_start_without_its_sms_sentences():
+    from assistant.dialogue.domain import Domain
+    from channels.sms_render import require_responses
+
+    with pytest.raises(ValueError, match="utter_sms_confirm_hint"):
+        require_responses(Domain({"responses": {"utter_sms_yes_no_hint": [{"text": "x"}]}}))

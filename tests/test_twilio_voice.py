@@ -149,6 +149,25 @@ def test_zero_reaches_a_person_with_a_whisper_for_the_agent(phone):
     assert phone.runtime.backend.get_case(reference).kind == "handoff"
 
 
+def test_whisper_for_an_unknown_reference_says_there_is_no_record(phone):
+    phone.call()
+    phone.post("/webhooks/twilio/voice/whisper?ref=99999999")
+    assert phone.says("社区热线转接。没有记录。")
+    phone.post("/webhooks/twilio/voice/whisper?ref=not-a-number")
+    assert phone.says("没有记录。")
+
+
+def test_a_flow_without_the_whisper_summary_is_refused_at_load(tmp_path):
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "ivr_flows" / "main.yml").read_text(encoding="utf-8"))
+    del doc["messages"]["whisper_case"]
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ValueError, match="lacks messages: whisper_case"):
+        IvrFlow.load(bad)
+
+
 def test_after_hours_a_person_is_promised_a_call_back(phone, clock):
     clock.now = datetime(2026, 11, 25, 22, 0, tzinfo=TZ)
     phone.call()
@@ -228,7 +247,7 @@ def test_errors_still_answer_twiml_with_a_person(phone, monkeypatch):
     def broken(message):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(phone.runtime.assistant, "handle", broken)
+    monkeypatch.setattr(phone.runtime.assistant, "turn", broken)  # the one call a channel makes per turn
     response = phone.answer(speech="我想办老年证")
     assert response.status_code == 200
     assert phone.says("系统出了点问题") and phone.xml.find("Dial") is not None

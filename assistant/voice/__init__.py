@@ -5,5 +5,9 @@ Core code: no web framework, no channel. Entry points:
 - `recognizer.DecodePool(rec).transcribe(audio, Expectation(...), timeout=…)` off the request thread
 - `vad.EndpointDetector` for streamed frames (barge-in, end of utterance)
 - `tts_select.build_tts(config, data_dir).speak(text)` → cached WAV or <Say> text
-- `pipeline.run_voice_turn(...)` for a whole typed turn with coded errors
+- `phrases.heard_answer(transcript, …)` → the text a channel hands to the core, and how sure it is
+
+A voice turn is assembled by its channel (kiosk, Twilio voice, Media Streams): recognise with the pool,
+hand the text to `Assistant.turn`, speak the reply; each channel words its own recovery prompts in
+domain.yml / ivr_flows.
 """

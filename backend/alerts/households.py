@@ -19,14 +19,15 @@ A role given on the household wins over the same role on its grid.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from backend.alerts.rules import KINDS, ROLES
+from backend.alerts.policy import ROLES
+from backend.alerts.values import KINDS
 
 
 class HouseholdsFileError(ValueError):
@@ -87,7 +88,8 @@ def _role_contacts(spec: Mapping[str, Any], where: str) -> list[Contact]:
     return out
 
 
-def parse_households(data: Mapping[str, Any]) -> dict[str, Household]:
+def parse_households(data: Mapping[str, Any], kinds: Collection[str] = KINDS) -> dict[str, Household]:
+    """`kinds`: the sensor kinds a device may have (`AlertRules.kinds` when config adds some)."""
     grids = {str(g): _role_contacts(spec or {}, f"grids.{g}") for g, spec in (data.get("grids") or {}).items()}
     out: dict[str, Household] = {}
     for i, spec in enumerate(data.get("households") or []):
@@ -104,7 +106,7 @@ def parse_households(data: Mapping[str, Any]) -> dict[str, Household]:
         inherited = [c for c in grids.get(grid, []) if c.role not in own_roles]
         devices = []
         for d in spec.get("devices") or []:
-            if d.get("kind") not in KINDS:
+            if d.get("kind") not in kinds:
                 raise HouseholdsFileError(f"{where}: device {d.get('id')} has unknown kind {d.get('kind')}")
             devices.append(DeviceSpec(str(d["id"]), str(d["kind"]), d.get("token")))
         out[hid] = Household(hid, grid, str(spec.get("address") or ""), senior,
@@ -113,9 +115,9 @@ def parse_households(data: Mapping[str, Any]) -> dict[str, Household]:
     return out
 
 
-def load_households(path: Path | str) -> dict[str, Household]:
+def load_households(path: Path | str, kinds: Collection[str] = KINDS) -> dict[str, Household]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise HouseholdsFileError(f"{path}: not valid YAML: {exc}") from None
-    return parse_households(data)
+    return parse_households(data, kinds)

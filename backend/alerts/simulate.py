@@ -12,7 +12,7 @@ import heapq
 import json
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from backend.alerts.engine import AlertChange, AlertEngine, HouseholdState, Reading, ReadingError
 from backend.alerts.households import Household
+from backend.alerts.values import KINDS
 
 
 @dataclass
@@ -31,12 +32,14 @@ class ReplayStats:
     by_event: dict[str, int] = field(default_factory=dict)
 
 
-def read_jsonl(stream: TextIO, stats: ReplayStats, on_error: Callable[[int, str], None]) -> Iterator[Reading]:
+def read_jsonl(stream: TextIO, stats: ReplayStats, on_error: Callable[[int, str], None],
+               kinds: Collection[str] = KINDS) -> Iterator[Reading]:
+    """`kinds`: the sensor kinds readings may have (`AlertRules.kinds` when config adds some)."""
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            yield Reading.from_json(json.loads(line))
+            yield Reading.from_json(json.loads(line), kinds=kinds)
         except (json.JSONDecodeError, ReadingError) as exc:
             stats.malformed += 1
             on_error(number, str(exc))
