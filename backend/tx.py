@@ -63,6 +63,8 @@ class WriteGate:
     """
 
     timeout = 4.0  # seconds; then BEGIN IMMEDIATE may wait SQLite's busy_timeout (backend.db)
+    _shared: dict[str, WriteGate] = {}  # one gate (one fd, one thread lock) per database file
+    _shared_lock = threading.Lock()
 
     def __init__(self, path: str | None) -> None:
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing the fd
@@ -77,7 +79,12 @@ class WriteGate:
         if url is None or url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") \
                 or fcntl is None:
             return cls(None)
-        return cls(f"{url.database}.writelock")
+        path = os.path.abspath(f"{url.database}.writelock")
+        with cls._shared_lock:
+            gate = cls._shared.get(path)
+            if gate is None or not os.path.exists(path):  # a test's DATA_DIR may have been removed
+                gate = cls._shared[path] = cls(path)
+            return gate
 
     def __enter__(self) -> None:
         if self._fd is None:

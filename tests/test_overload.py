@@ -102,11 +102,13 @@ def test_unreachable_redis_gets_kind_answers_on_every_channel(redis_down_env, nl
 
 def test_sqlite_write_gate_waits_are_bounded(tmp_path: Path):
     from backend import db
-    from backend.tickets import WriteGate
+    from backend.tx import WriteGate
 
     url = f"sqlite:///{tmp_path / 'g.db'}"
     sessions = db.session_factory(db.make_engine(url))
-    holder, waiter = WriteGate.for_sessions(sessions), WriteGate.for_sessions(sessions)
+    holder = WriteGate.for_sessions(sessions)
+    assert WriteGate.for_sessions(sessions) is holder  # one fd per database file in a process
+    waiter = WriteGate(f"{tmp_path / 'g.db'}.writelock")  # as a second server process opens it
     waiter.timeout = 0.3
     with holder:
         started = time.monotonic()

@@ -194,7 +194,7 @@ def test_every_sms_sentence_fits_one_feature_phone_message():
     assert too_long == {}
     assert all("{ref}" in v for k, v in DEFAULT_TEXTS.items()
                if k not in {"opted_out", "opted_in", "progress_none_phone", "rate_none", "rate_usage", "empty",
-                            "too_long", "busy", "confirm_hint", "ack_media_refused"})
+                            "too_long", "busy", "ack_media_refused"})
 
 
 def test_the_loop_on_sqlite_and_postgres(db_url, sms_env, nlu, clock, twilio_api, media_server):

@@ -43,9 +43,15 @@ class Prompt:
     text: str
 
 
+# Responses only ever read, never heard: the SMS hints and the terminal's labels.
+_WRITTEN_ONLY = ("utter_sms_", "utter_terminal_")
+
+
 def _templates(domain: Domain) -> list[tuple[str, str]]:
     out = []
     for name, variants in domain.responses.items():
+        if name.startswith(_WRITTEN_ONLY):
+            continue
         for i, variant in enumerate(variants):
             for kind in ("text", "speech", "slow"):
                 template = getattr(variant, kind)
