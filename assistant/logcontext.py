@@ -1,7 +1,7 @@
 """Per-request and per-conversation identifiers for log lines. Standard library only.
 
 `request_id` is set by the web layer for one HTTP request; `conversation_id` by the core for one
-turn. A log formatter (backend.observability) reads both, so every line of a request says which
+turn. A log formatter (backend.infra.observability) reads both, so every line of a request says which
 request and which conversation it belongs to without any code passing them around.
 
 The conversation id is a keyed hash of the session key ("sms:<sender>", "voice:<CallSid>" …): the

@@ -35,16 +35,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from assistant.config import load_settings  # noqa: E402
-from backend import db  # noqa: E402
 from backend.alerts.desk import AlertDesk  # noqa: E402
 from backend.alerts.dispatch import CallResult  # noqa: E402
 from backend.alerts.engine import AlertEngine  # noqa: E402
 from backend.alerts.households import Contact, DeviceSpec, Household  # noqa: E402
 from backend.alerts.rules import AlertRules  # noqa: E402
 from backend.alerts.simulate import replay, synthetic_week  # noqa: E402
-from backend.crypto import FieldCipher, KeyRing  # noqa: E402
-from backend.jobs import DbJobQueue, Worker  # noqa: E402
-from backend.outbox import Outbox, SendResult  # noqa: E402
+from backend.infra import db  # noqa: E402
+from backend.infra.crypto import FieldCipher, KeyRing  # noqa: E402
+from backend.infra.jobs import DbJobQueue, Worker  # noqa: E402
+from backend.messaging.outbox import Outbox, SendResult  # noqa: E402
 
 TZ = ZoneInfo("Asia/Shanghai")
 KINDS = ("water", "electricity", "gas", "door", "heart_rate")

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from backend import db  # noqa: E402
-from backend.models import AuditEntry, append_audit, verify_audit_chain  # noqa: E402
+from backend.infra import db  # noqa: E402
+from backend.infra.audit_chain import AuditEntry, append_audit, verify_audit_chain  # noqa: E402
 
 
 def run(url: str, threads: int, seconds: float) -> dict:

@@ -1,4 +1,4 @@
-"""Throughput of the personal-data crypto: cryptography/hashlib (what backend.crypto uses)
+"""Throughput of the personal-data crypto: cryptography/hashlib (what backend.infra.crypto uses)
 against the pure-Python gmssl reference. Bounded run (about 1 s per measurement); prints one
 JSON line with records per second.
 
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gmssl import func, sm3, sm4  # noqa: E402
 
-from backend import crypto  # noqa: E402
-from backend.crypto import FieldCipher, KeyRing  # noqa: E402
+from backend.infra import crypto  # noqa: E402
+from backend.infra.crypto import FieldCipher, KeyRing  # noqa: E402
 
 # A typical record: the JSON of an application's other slots (~150 bytes of UTF-8).
 RECORD = {"address": "幸福路8号3单元502", "relation": "本人", "date": "2025-03-02",

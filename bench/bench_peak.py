@@ -950,7 +950,7 @@ def own_cluster(args: argparse.Namespace, workdir: Path, web_workers: int, datab
         # Keys and schema once, in a child, before the workers race for the key file; keeps the
         # generator process free of the application's imports.
         subprocess.run([sys.executable, "-c", "from assistant.config import load_settings; "
-                        "from runtime.container import make_cipher; from backend import db; import os; "
+                        "from runtime.container import make_cipher; from backend.infra import db; import os; "
                         "make_cipher(load_settings(dict(os.environ))); db.upgrade(os.environ['DATABASE_URL'])"],
                        cwd=ROOT, env=env, check=True)
         if not args.no_redis:
@@ -1096,10 +1096,10 @@ def db_checks(target: Target, driver: Driver, since: datetime) -> dict[str, Any]
     sys.path.insert(0, str(ROOT))
     from sqlalchemy import func, select
 
-    from backend import db
     from backend.alerts.store import SensorReading
-    from backend.calls import CallRecord
-    from backend.models import CASE_MODELS, Ticket
+    from backend.infra import db
+    from backend.infra.models import CASE_MODELS, Ticket
+    from backend.messaging.calls import CallRecord
 
     c = driver.collected
     engine = db.make_engine(target.database_url)

@@ -152,7 +152,7 @@ class Gunicorn:
 def count_rows(url: str) -> dict[str, int]:
     from sqlalchemy import text
 
-    from backend import db
+    from backend.infra import db
 
     engine = db.make_engine(url)
     try:
@@ -170,7 +170,7 @@ def count_rows(url: str) -> dict[str, int]:
 def stored_references(url: str) -> set[str]:
     from sqlalchemy import text
 
-    from backend import db
+    from backend.infra import db
 
     engine = db.make_engine(url)
     try:
@@ -182,7 +182,7 @@ def stored_references(url: str) -> set[str]:
 
 def prepare(args: argparse.Namespace, workdir: Path, name: str) -> tuple[dict[str, str], str]:
     from assistant.config import load_settings
-    from backend import db
+    from backend.infra import db
     from runtime.container import make_cipher
 
     data_dir = workdir / name

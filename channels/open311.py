@@ -29,7 +29,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, send_file
 
-from backend.crypto import hmac_sm3_hex
+from backend.infra.crypto import hmac_sm3_hex
 from backend.tickets import TicketView
 from channels.boundary import safe_equal
 from channels.routes import Route, register

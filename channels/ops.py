@@ -5,7 +5,7 @@ GET /readyz   readiness: what a turn needs is loaded (the NLU model loads in the
               web worker starts: "nlu": "loading" until then), database `SELECT 1` and, when
               sessions live in Redis, PING — each with a short timeout, so the answer comes within
               ~2 s even when a server hangs. 503 until every check is "ok".
-GET /metrics  Prometheus exposition (backend.observability)
+GET /metrics  Prometheus exposition (backend.infra.observability)
 
 Each request gets a request id (a well-formed incoming X-Request-Id, else a new one) that is in
 every log line of the request and in the response's X-Request-Id header, and is counted and
@@ -28,8 +28,8 @@ from redis.retry import Retry
 
 from assistant import logcontext
 from assistant.privacy import mask_text
-from backend import observability as obs
-from backend.sessions import RedisSessionStore
+from backend.infra import observability as obs
+from backend.infra.sessions import RedisSessionStore
 from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 

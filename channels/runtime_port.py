@@ -14,11 +14,11 @@ if TYPE_CHECKING:  # types only: channels do not import the composition root at 
     from assistant.dialogue.domain import Domain
     from assistant.ivr import IvrFlow
     from assistant.ports import Clock, SessionStore
+    from backend.affairs import StoreBackend
     from backend.alerts.desk import AlertDesk
-    from backend.calls import CallLog
-    from backend.crypto import FieldCipher
-    from backend.proxy import ProxyService
-    from backend.services import StoreBackend
+    from backend.infra.crypto import FieldCipher
+    from backend.messaging.calls import CallLog
+    from backend.people.proxy import ProxyService
 
 
 class ChannelRuntime(Protocol):

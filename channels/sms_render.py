@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from assistant.types import Reply, UserMessage
-from backend.inbox import InboundSms, keyword
+from backend.messaging.inbox import InboundSms, keyword
 from channels.scratch import Scratch
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def answer_word(text: str, expects: str | None, words: Mapping[str, Mapping[str,
 
 
 class SmsConversation:
-    """backend.inbox.Conversation over the assistant core, rendered for SMS."""
+    """backend.messaging.inbox.Conversation over the assistant core, rendered for SMS."""
 
     def __init__(self, assistant: Assistant, domain: Domain, scratch: Scratch[SmsScratch]) -> None:
         self.assistant = assistant

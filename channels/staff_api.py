@@ -27,8 +27,8 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from backend.media import MediaError
 from backend.tickets import TicketView, TransitionError, status_label
+from backend.tickets.media import MediaError
 from channels.boundary import int_arg, safe_equal
 from channels.open311 import media_links
 from channels.routes import Route, register

@@ -1,6 +1,6 @@
 """Staff console: server-rendered pages under /console for agents, grid and social workers,
-department handlers and admins (backend.staff roles; what each sees is filtered in SQL by
-backend.staff_queries, so the navigation is a convenience, not the protection).
+department handlers and admins (backend.people.staff roles; what each sees is filtered in SQL by
+backend.people.staff_queries, so the navigation is a convenience, not the protection).
 
 Login sets an HttpOnly, SameSite=Strict cookie holding a random session token (only its hash
 is stored). Every POST form carries the session's CSRF token; the login form a double-submit
@@ -27,9 +27,9 @@ from typing import Any
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from backend.models import STATUS_LABELS_ZH
-from backend.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
-from backend.staff_queries import (
+from backend.infra.models import STATUS_LABELS_ZH
+from backend.people.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
+from backend.people.staff_queries import (
     SECTIONS,
     SILENCE_ZH,
     form_slots_text,

@@ -31,7 +31,7 @@ from assistant.voice.audio import TELEPHONE_RATE, load_for_asr, mulaw_encode, re
 from assistant.voice.phrases import answer_expectation, heard_answer
 from assistant.voice.tts import SpeechChunk
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
-from backend.sms_format import mainland_mobile
+from backend.messaging.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall, StreamExit, stream_exits
 from channels.runtime_port import ChannelRuntime
 

@@ -7,7 +7,7 @@ POST /webhooks/twilio/sms/status   delivery status callbacks for our outbound me
 
 A thin translator: it checks X-Twilio-Signature (403 otherwise, logged; turning the check off
 is the explicit development setting TWILIO_SKIP_SIGNATURE=1), parses Twilio's form into a typed
-`InboundSms` (400 when malformed), hands it to the inbox (backend/inbox/ decides what the
+`InboundSms` (400 when malformed), hands it to the inbox (backend/messaging/inbox/ decides what the
 message is and answers each MessageSid once) and renders the answer as TwiML. The conversation's
 SMS rendering is channels/sms_render.py. Any failure still answers valid TwiML.
 """
@@ -27,10 +27,10 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from backend.inbox import InboundSms, SmsInbox
-from backend.outbox import Outbox, SendError, SendResult, SmsSender
-from backend.sms_format import e164, mainland_mobile
-from backend.sms_inbox import InboundLedger
+from backend.messaging.inbox import InboundSms, SmsInbox
+from backend.messaging.outbox import Outbox, SendError, SendResult, SmsSender
+from backend.messaging.sms_format import e164, mainland_mobile
+from backend.messaging.sms_inbox import InboundLedger
 from backend.tickets import IncomingMedia
 from channels.runtime_port import ChannelRuntime
 from channels.scratch import Scratch

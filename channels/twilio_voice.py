@@ -31,7 +31,7 @@ from twilio.twiml.voice_response import Connect, Dial, Gather, VoiceResponse
 from assistant.ivr import CallInput, IvrFlow
 from assistant.privacy import mask_phone
 from assistant.voice.tts import Speech, TwilioSay
-from backend.sms_format import mainland_mobile
+from backend.messaging.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall, StreamExit, stream_exits
 from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature

@@ -58,10 +58,10 @@ control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
 
 
 # Prometheus multi-process hooks (clear stale metric files at start; a dead worker's gauges stop
-# counting): one copy, in backend/observability.py. The master reads this file before it puts the
+# counting): one copy, in backend/infra/observability.py. The master reads this file before it puts the
 # project on sys.path, whatever directory gunicorn was started from.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from backend.observability import child_exit, on_starting  # noqa: E402,F401
+from backend.infra.observability import child_exit, on_starting  # noqa: E402,F401
 
 
 def post_worker_init(worker: Any) -> None:

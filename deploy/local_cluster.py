@@ -600,7 +600,7 @@ class LocalCluster:
 def _prepare_here() -> int:
     """Runs inside the cluster's environment: migrations to head, NLU model loaded or trained."""
     from assistant.config import load_settings
-    from backend import db
+    from backend.infra import db
     from runtime.container import load_nlu
 
     settings = load_settings()

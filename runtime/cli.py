@@ -21,7 +21,7 @@ INTERACTIVE_COMMANDS = frozenset({"chat", "call", "staff"})
 
 def _logging(verbose: bool = False, interactive: bool = False) -> None:
     # Text for a terminal; LOG_FORMAT=json (production) gives one masked JSON object per line.
-    from backend.observability import configure_logging
+    from backend.infra.observability import configure_logging
 
     configure_logging(verbose)
     if not verbose:
@@ -182,7 +182,7 @@ class _VoiceWarmup:
 
 def cmd_streams(args: argparse.Namespace) -> int:
     """Twilio Media Streams (local speech recognition on calls) as their own asyncio process."""
-    from backend.observability import bind_runtime
+    from backend.infra.observability import bind_runtime
     from channels.twilio_media import MediaStreamServer
     from runtime.container import build_runtime
 
@@ -284,7 +284,7 @@ def cmd_nlu_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from backend import db
+    from backend.infra import db
 
     settings = load_settings()
     db.upgrade(settings.database_url)
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _private_files() -> None:
     # Everything this process creates (store, -wal/-shm, photos, caches, logs) is owner-only,
     # whatever the shell's umask: personal data at rest must not be readable by other accounts.
-    from backend.private_files import private_umask
+    from backend.infra.private_files import private_umask
 
     private_umask()
 

@@ -61,7 +61,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from backend.alerts.households import HouseholdsFileError, load_households
-    from backend.outbox import Outbox
+    from backend.messaging.outbox import Outbox
     from runtime.container import alert_rules, build_alert_desk, make_cipher, make_clock, open_database
 
     settings = load_settings()

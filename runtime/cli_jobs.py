@@ -13,7 +13,7 @@ from datetime import timedelta
 
 def _admin():
     from assistant.config import load_settings
-    from backend.jobs import JobAdmin
+    from backend.infra.jobs import JobAdmin
     from runtime.container import build_backend, make_cipher, make_clock
 
     settings = load_settings()

@@ -5,7 +5,7 @@ purge.
 runs them on their own. They use DATABASE_URL / DATA_DIR / key settings like the server, do
 not migrate the database, and print one result line (JSON where it is counts) to stdout.
 Exit codes: 0 done / ok, 1 found a problem (broken chain, values left), 2 bad configuration.
-Key commands obey the production key policy (backend.keys_policy) like the server does.
+Key commands obey the production key policy (backend.infra.keys_policy) like the server does.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from assistant.config import Settings, load_settings
-from backend.crypto import KeyConfigError
-from backend.keys_policy import load_allowed_keys
+from backend.infra.crypto import KeyConfigError
+from backend.infra.keys_policy import load_allowed_keys
 
 Now = Callable[[], datetime]
 
@@ -34,7 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _engine(settings: Settings) -> Engine:
-    from backend import audit, db
+    from backend.infra import audit, db
 
     engine = db.make_engine(settings.database_url)
     # Commands that write audit entries (purge, reencrypt) link them with the audit key like
@@ -44,7 +44,7 @@ def _engine(settings: Settings) -> Engine:
 
 
 def _audit_tools(settings: Settings):
-    from backend.audit import AuditSettings, CheckpointLog
+    from backend.infra.audit import AuditSettings, CheckpointLog
 
     keyring = load_allowed_keys(settings.env, _key_file(settings))
     keys, active = keyring.audit_key_versions()
@@ -53,8 +53,8 @@ def _audit_tools(settings: Settings):
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from backend import db
-    from backend.audit import verify
+    from backend.infra import db
+    from backend.infra.audit import verify
 
     settings = _settings(args)
     keyring, checkpoints = _audit_tools(settings)
@@ -70,8 +70,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     """Verifies, then signs the head into the checkpoint file (for cron / a systemd timer):
     a broken chain is never vouched for."""
-    from backend import db
-    from backend.audit import verify, write_checkpoint
+    from backend.infra import db
+    from backend.infra.audit import verify, write_checkpoint
 
     settings = _settings(args)
     keyring, checkpoints = _audit_tools(settings)
@@ -94,7 +94,7 @@ def _key_file(settings: Settings) -> Path:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from backend.rotation import add_key_to_file, rotated_env_lines
+    from backend.infra.rotation import add_key_to_file, rotated_env_lines
 
     settings = _settings(args)
     keyring = load_allowed_keys(settings.env, _key_file(settings))
@@ -115,7 +115,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate_audit(args: argparse.Namespace) -> int:
-    from backend.rotation import add_audit_key_to_file, rotated_audit_env_lines
+    from backend.infra.rotation import add_audit_key_to_file, rotated_audit_env_lines
 
     settings = _settings(args)
     keyring = load_allowed_keys(settings.env, _key_file(settings))
@@ -132,7 +132,7 @@ def cmd_keys_rotate_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_activate(args: argparse.Namespace) -> int:
-    from backend.rotation import activate_in_file, env_lines
+    from backend.infra.rotation import activate_in_file, env_lines
 
     settings = _settings(args)
     keyring = load_allowed_keys(settings.env, _key_file(settings))
@@ -148,8 +148,8 @@ def cmd_keys_activate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_reencrypt(args: argparse.Namespace, now: Now = _now) -> int:
-    from backend.crypto import FieldCipher
-    from backend.rotation import reencrypt
+    from backend.infra.crypto import FieldCipher
+    from backend.infra.rotation import reencrypt
 
     settings = _settings(args)
     cipher = FieldCipher(load_allowed_keys(settings.env, _key_file(settings)))
@@ -163,8 +163,8 @@ def cmd_keys_reencrypt(args: argparse.Namespace, now: Now = _now) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, now: Now = _now) -> int:
-    from backend import db
-    from backend.retention import RetentionPolicy, purge
+    from backend.infra import db
+    from backend.infra.retention import RetentionPolicy, purge
 
     settings = _settings(args)
     policy = RetentionPolicy.from_config(settings.config)

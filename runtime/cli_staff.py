@@ -14,7 +14,7 @@ import json
 import sys
 
 from assistant.config import load_settings
-from backend.staff import ROLES, StaffDirectory, StaffPolicy
+from backend.people.staff import ROLES, StaffDirectory, StaffPolicy
 
 
 def _read_password() -> str:

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backend.observability import configure_logging
+    from backend.infra.observability import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m runtime.cli_worker")
     register(parser.add_subparsers(dest="command", required=True))

@@ -22,17 +22,17 @@ from assistant.dialogue.domain import Domain
 from assistant.dialogue.engine import DialogueEngine
 from assistant.nlu.pipeline import NLU, BackgroundNLU, NLUSettings
 from assistant.ports import Clock, SessionStore
-from backend import audit, db
-from backend.calls import CallLog
-from backend.crypto import FieldCipher
-from backend.keys_policy import load_allowed_keys
-from backend.outbox import Outbox
-from backend.private_files import secure_data_dir
-from backend.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
-from backend.services import StoreBackend
-from backend.sessions import make_session_store
-from backend.staff import StaffDirectory, StaffPolicy
-from backend.staff_queries import StaffQueries
+from backend.affairs import StoreBackend
+from backend.infra import audit, db
+from backend.infra.crypto import FieldCipher
+from backend.infra.keys_policy import load_allowed_keys
+from backend.infra.private_files import secure_data_dir
+from backend.infra.sessions import make_session_store
+from backend.messaging.calls import CallLog
+from backend.messaging.outbox import Outbox
+from backend.people.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
+from backend.people.staff import StaffDirectory, StaffPolicy
+from backend.people.staff_queries import StaffQueries
 
 if TYPE_CHECKING:
     from assistant.ivr import IvrFlow
@@ -245,7 +245,7 @@ def build_runtime(
     sessions = sessions or make_session_store(settings.redis_url, cipher)
     nlu = nlu or load_nlu(settings)
     domain = Domain.load(settings.root / "domain.yml")
-    # Family proxies: a case filed for someone else needs the senior's grant (backend/proxy.py).
+    # Family proxies: a case filed for someone else needs the senior's grant (backend/people/proxy/).
     proxies = ProxyService(db_sessions, cipher, OutboxNotifier(Outbox(db_sessions, cipher, clock, None)),
                            clock, ProxyPolicy.from_config(settings.config))
     guarded = ProxyAwareBackend(backend, proxies, lambda category: domain.label("category", category))

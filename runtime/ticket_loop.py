@@ -14,14 +14,14 @@ from typing import Any
 
 from assistant.config import Settings
 from assistant.ports import Clock
-from backend.crypto import FieldCipher
-from backend.gazetteer import Gazetteer
-from backend.jobs import DbJobQueue, Worker
-from backend.media import MediaStore
-from backend.ocr import NoTextReader, RapidTextReader, TextReader
-from backend.outbox import Outbox, SmsSender
-from backend.sms_texts import texts_from_config
+from backend.infra.crypto import FieldCipher
+from backend.infra.jobs import DbJobQueue, Worker
+from backend.messaging.outbox import Outbox, SmsSender
+from backend.messaging.sms_texts import texts_from_config
 from backend.tickets import LoopSettings, Taxonomy, TicketDesk, media_policy_from_config
+from backend.tickets.gazetteer import Gazetteer
+from backend.tickets.media import MediaStore
+from backend.tickets.ocr import NoTextReader, RapidTextReader, TextReader
 from channels.twilio_signature import TwilioConfig
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ def retention_handlers(settings: Settings, sessions: Any, clock: Clock) -> dict[
     """The daily retention purge as a recurring job: the first worker schedules it; each run
     purges, then re-arms itself for the same time tomorrow (so exactly one run a day, whichever
     worker takes it, and a missed day runs as soon as a worker is back)."""
-    from backend.jobs import enqueue_in, schedule_if_absent
-    from backend.retention import RetentionPolicy, purge
+    from backend.infra.jobs import enqueue_in, schedule_if_absent
+    from backend.infra.retention import RetentionPolicy, purge
 
     hour = int((settings.config.get("retention") or {}).get("purge_hour", 3))  # local time, quiet hours
     tz = settings.timezone

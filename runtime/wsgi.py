@@ -18,14 +18,14 @@ def build_app():
     # Collection off until the libraries are imported and the model is loaded (StartupGC): the
     # imports below are most of a worker's start.
     gc.disable()
-    from backend.private_files import private_umask
+    from backend.infra.private_files import private_umask
 
     private_umask()  # the database, its -wal/-shm files, photos and caches are owner-only
     from sqlalchemy.exc import OperationalError
 
     from assistant.config import load_settings
-    from backend import db
-    from backend.observability import configure_logging
+    from backend.infra import db
+    from backend.infra.observability import configure_logging
     from channels.app import create_app
     from runtime.container import StartupGC, build_runtime, load_nlu_in_background
     from runtime.ticket_loop import background_worker

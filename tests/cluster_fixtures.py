@@ -317,7 +317,7 @@ class Store:
 
     def tickets_by_sid(self, sids: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
         """MessageSid → [(ticket id, reference)] of the tickets created for it."""
-        from backend.models import idempotency_digest
+        from backend.infra.models import idempotency_digest
 
         # The column holds a keyed hash of "sms:<sid>", never the sid itself.
         keys = {idempotency_digest(self.cipher, f"sms:{sid}"): sid for sid in sids}

@@ -165,7 +165,7 @@ def schema_drift(conn, tables: set[str]) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from backend.models import Base
+    from backend.infra.models import Base
 
     ctx = MigrationContext.configure(conn, opts={"compare_type": True})
     return [d for d in compare_metadata(ctx, Base.metadata) if tables & _tables_in(d)]

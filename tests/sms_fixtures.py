@@ -24,7 +24,7 @@ from fixtures.twilio_world import (
 from flask import Flask
 
 from assistant.config import load_settings
-from backend.ocr import NoTextReader
+from backend.tickets.ocr import NoTextReader
 from channels import twilio_sms
 from channels.app import create_app
 from runtime.container import build_runtime

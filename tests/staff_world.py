@@ -9,10 +9,10 @@ from datetime import date, timedelta
 from argon2 import PasswordHasher
 
 from assistant.ports import HandoffRequest
+from backend.affairs.references import new_reference
 from backend.alerts.store import Alert, CareHousehold
-from backend.models import Resident, Ticket
-from backend.references import new_reference
-from backend.staff import StaffDirectory
+from backend.infra.models import Resident, Ticket
+from backend.people.staff import StaffDirectory
 from core_fixtures import make_id
 
 PASSWORD = "correct-horse-42"

@@ -87,8 +87,8 @@ def test_replay_as_a_process(module: str) -> None:
 def test_import_registers_households_idempotently(capsys, tmp_path: Path, monkeypatch) -> None:
     from sqlalchemy import func, select
 
-    from backend import db
     from backend.alerts.store import CareContact, CareDevice, CareHousehold
+    from backend.infra import db
 
     url = f"sqlite:///{tmp_path / 'import.db'}"
     monkeypatch.setenv("DATA_DIR", str(tmp_path))

@@ -19,16 +19,17 @@ from fixtures.twilio_world import JsonHandler
 from sqlalchemy import func, select
 
 from assistant.config import load_settings
-from backend import db
 from backend.alerts.desk import AlertDesk, BatchError, TokenError
 from backend.alerts.dispatch import TwilioCallConfig, TwilioCallPlacer, WebhookIntegration
 from backend.alerts.households import load_households
 from backend.alerts.rules import AlertRules
 from backend.alerts.store import Alert, AlertEvent, SensorReading, UnknownReading
-from backend.crypto import FieldCipher, KeyRing
-from backend.jobs import DbJobQueue, Worker
-from backend.models import AuditEntry, Job, verify_audit_chain
-from backend.outbox import Outbox, SendResult
+from backend.infra import db
+from backend.infra.audit_chain import AuditEntry, verify_audit_chain
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.infra.jobs import DbJobQueue, Worker
+from backend.infra.models import Job
+from backend.messaging.outbox import Outbox, SendResult
 from core_fixtures import TZ, FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alerts"

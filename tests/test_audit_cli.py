@@ -14,10 +14,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from assistant.ports import CaseRequest, Person
-from backend.crypto import FieldCipher, KeyRing
-from backend.db import make_engine, session_factory, upgrade
-from backend.models import AuditEntry
-from backend.services import StoreBackend
+from backend.affairs import StoreBackend
+from backend.infra.audit_chain import AuditEntry
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.infra.db import make_engine, session_factory, upgrade
 from runtime.cli_privacy import register
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,11 +15,12 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
 from assistant.ports import CaseRequest, Person
-from backend import audit
-from backend.crypto import FieldCipher, load_keys, sm3_hex
-from backend.db import make_engine, session_factory, upgrade
-from backend.models import ZERO_HASH, AuditEntry, append_audit, canonical_json, verify_audit_chain
-from backend.services import StoreBackend
+from backend.affairs import StoreBackend
+from backend.infra import audit
+from backend.infra.audit_chain import AuditEntry, append_audit, canonical_json, verify_audit_chain
+from backend.infra.crypto import FieldCipher, load_keys, sm3_hex
+from backend.infra.db import make_engine, session_factory, upgrade
+from backend.infra.models import ZERO_HASH
 
 ROOT = Path(__file__).resolve().parent.parent
 

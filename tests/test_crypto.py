@@ -1,4 +1,4 @@
-"""SM4 / SM3 in backend.crypto against the GM/T standard vectors and the gmssl reference."""
+"""SM4 / SM3 in backend.infra.crypto against the GM/T standard vectors and the gmssl reference."""
 from __future__ import annotations
 
 import base64
@@ -17,8 +17,8 @@ from gmssl import func, sm3, sm4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend import crypto
-from backend.crypto import DecryptionError, FieldCipher, KeyConfigError, KeyRing, load_keys
+from backend.infra import crypto
+from backend.infra.crypto import DecryptionError, FieldCipher, KeyConfigError, KeyRing, load_keys
 
 STD_KEY = bytes.fromhex("0123456789abcdeffedcba9876543210")
 STD_CT = bytes.fromhex("681edf34d206965e86b3e94f536e4246")

@@ -15,8 +15,8 @@ from fixtures.twilio_world import jpeg
 from sqlalchemy import text
 
 from assistant.config import load_settings
-from backend import db
-from backend.media import MediaPolicy, MediaStore
+from backend.infra import db
+from backend.tickets.media import MediaPolicy, MediaStore
 from runtime.container import build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from fixtures.twilio_world import RESIDENT
 from sqlalchemy import func, select
 
 from assistant.dialogue.render import spell_digits
-from backend.models import Application, AuditEntry, Handoff
+from backend.infra.audit_chain import AuditEntry
+from backend.infra.models import Application, Handoff
 from channels.app import create_app
 from core_fixtures import make_id
 

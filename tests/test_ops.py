@@ -29,10 +29,10 @@ from assistant.config import load_settings
 from assistant.nlu.pipeline import BackgroundNLU, NLUNotReady
 from assistant.voice.audio import Audio
 from assistant.voice.recognizer import DecodePool, Transcript
-from backend import observability as obs
 from backend.alerts.store import Alert, AlertEvent, CareHousehold
-from backend.jobs import DbJobQueue
-from backend.outbox import Outbox
+from backend.infra import observability as obs
+from backend.infra.jobs import DbJobQueue
+from backend.messaging.outbox import Outbox
 from channels.app import create_app
 from runtime.container import build_runtime, make_cipher
 
@@ -296,7 +296,7 @@ def test_the_core_imports_no_web_framework_and_no_metrics_library():
 # --- multiprocess mode -------------------------------------------------------------------------------
 _WRITER = """
 import os
-from backend import observability as obs
+from backend.infra import observability as obs
 obs.observe_request("rest", 200, 0.05)
 obs.observe_request("rest", 503, 0.5)
 obs.metrics().in_flight.inc()  # still "in flight" when the process ends: only child_exit clears it
@@ -339,7 +339,7 @@ def test_gunicorn_workers_share_one_exposition_and_log_json(tmp_path, model_dir,
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:backend.observability", "-w", "2",
+            [sys.executable, "-m", "gunicorn", "-c", "python:backend.infra.observability", "-w", "2",
              "-b", f"127.0.0.1:{port}", "runtime.wsgi:app"],
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:

@@ -15,11 +15,11 @@ import pytest
 from fixtures.twilio_world import RESIDENT
 from sqlalchemy import func, select
 
-from backend import db
-from backend.crypto import FieldCipher, KeyRing
-from backend.jobs import DbJobQueue, JobAdmin, PermanentJobError, Worker
-from backend.models import Job, SmsOutbox
-from backend.outbox import Outbox
+from backend.infra import db
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.infra.jobs import DbJobQueue, JobAdmin, PermanentJobError, Worker
+from backend.infra.models import Job, SmsOutbox
+from backend.messaging.outbox import Outbox
 from channels.twilio_signature import TwilioConfig
 from channels.twilio_sms import TwilioSmsSender
 from core_fixtures import FakeClock

@@ -11,7 +11,7 @@ from fixtures.twilio_world import jpeg
 from sms_fixtures import SmsClient, make_sms_runtime, reference_in
 from sqlalchemy import func, select
 
-from backend.models import Ticket
+from backend.infra.models import Ticket
 
 TWILIO_LIMIT_S = 15.0
 
@@ -101,8 +101,8 @@ def test_unreachable_redis_gets_kind_answers_on_every_channel(redis_down_env, nl
 
 
 def test_sqlite_write_gate_waits_are_bounded(tmp_path: Path):
-    from backend import db
-    from backend.tx import WriteGate
+    from backend.infra import db
+    from backend.infra.tx import WriteGate
 
     url = f"sqlite:///{tmp_path / 'g.db'}"
     sessions = db.session_factory(db.make_engine(url))

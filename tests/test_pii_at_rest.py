@@ -15,7 +15,7 @@ from fixtures.twilio_world import RESIDENT, jpeg
 from sms_fixtures import reference_in
 from sqlalchemy import inspect, text
 
-from backend.observability import make_handler
+from backend.infra.observability import make_handler
 from core_fixtures import make_id
 
 STAFF = {"Authorization": "Bearer staff-token-for-tests", "X-Staff-Name": "wang"}
@@ -161,7 +161,7 @@ def test_an_upgraded_store_keeps_no_old_plaintext_keys_on_disk(tmp_path):
     gone from the file itself, not just from the rows (freed pages are zeroed: secure_delete)."""
     import sqlite3
 
-    from backend import db
+    from backend.infra import db
 
     database = tmp_path / "old.db"
     url = f"sqlite:///{database}"

@@ -1,4 +1,4 @@
-"""Family proxy grants (backend/proxy.py) on SQLite and Postgres: consent by SMS, keypad or
+"""Family proxy grants (backend/people/proxy/) on SQLite and Postgres: consent by SMS, keypad or
 staff, scopes, expiry, revocation by either side, enforcement around the case store and the
 parent's notification. The last test scans every SQLite file this module wrote for numbers."""
 from __future__ import annotations
@@ -15,10 +15,12 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import CaseRequest, Person
-from backend.crypto import FieldCipher, KeyRing
-from backend.db import make_engine, session_factory, upgrade
-from backend.models import Application, AuditEntry, Booking, StatusEvent, verify_audit_chain
-from backend.proxy import (
+from backend.affairs import StoreBackend
+from backend.infra.audit_chain import AuditEntry, verify_audit_chain
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.infra.db import make_engine, session_factory, upgrade
+from backend.infra.models import Application, Booking, StatusEvent
+from backend.people.proxy import (
     ProxyAwareBackend,
     ProxyError,
     ProxyGrant,
@@ -28,7 +30,6 @@ from backend.proxy import (
     ProxyService,
     RecordingNotifier,
 )
-from backend.services import StoreBackend
 from core_fixtures import FakeClock
 
 SENIOR = "13700002222"
@@ -414,9 +415,9 @@ def test_view_scope_shows_the_parents_cases(world: World) -> None:
 
 
 def test_outbox_notifier_queues_in_the_same_transaction(world: World) -> None:
-    from backend.models import SmsOutbox
-    from backend.outbox import Outbox
-    from backend.proxy import OutboxNotifier
+    from backend.infra.models import SmsOutbox
+    from backend.messaging.outbox import Outbox
+    from backend.people.proxy import OutboxNotifier
 
     cipher = world.proxies._cipher
     outbox = Outbox(world.sessions, cipher, world.clock, None)

@@ -14,11 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import HandoffRequest
-from backend.crypto import FieldCipher, KeyRing
-from backend.db import make_engine, session_factory, upgrade
-from backend.models import AuditEntry, verify_audit_chain
-from backend.retention import RetentionPolicy, purge
-from backend.services import StoreBackend
+from backend.affairs import StoreBackend
+from backend.infra.audit_chain import AuditEntry, verify_audit_chain
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.infra.db import make_engine, session_factory, upgrade
+from backend.infra.retention import RetentionPolicy, purge
 from core_fixtures import FakeClock
 from runtime.cli_privacy import register
 
@@ -118,10 +118,10 @@ def test_purge_removes_only_what_is_past_retention(site: Site) -> None:
 def test_old_sensor_readings_and_finished_jobs_go_in_batches(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    from backend import retention
     from backend.alerts.store import CareDevice, CareHousehold, SensorReading
-    from backend.jobs import DbJobQueue
-    from backend.models import Job
+    from backend.infra import retention
+    from backend.infra.jobs import DbJobQueue
+    from backend.infra.models import Job
 
     monkeypatch.setattr(retention, "ROW_BATCH", 7)  # several batches, the last one partial
     now = site.clock()
@@ -195,7 +195,7 @@ def test_the_purge_runs_daily_as_one_recurring_job(tmp_path: Path) -> None:
     from datetime import timedelta
 
     from assistant.config import load_settings
-    from backend.models import Job
+    from backend.infra.models import Job
     from runtime.ticket_loop import PURGE_JOB, retention_handlers
 
     data_dir = tmp_path / "var"

@@ -19,18 +19,19 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import CaseRequest, HandoffRequest, Person
-from backend.crypto import FieldCipher, KeyRing, load_keys
-from backend.db import make_engine, session_factory, upgrade
-from backend.keys_policy import KeyPolicyError, assert_keys_allowed, load_allowed_keys
-from backend.models import AuditEntry, Resident, verify_audit_chain
-from backend.proxy import ProxyService, RecordingNotifier
-from backend.rotation import (
+from backend.affairs import StoreBackend
+from backend.infra.audit_chain import AuditEntry, verify_audit_chain
+from backend.infra.crypto import FieldCipher, KeyRing, load_keys
+from backend.infra.db import make_engine, session_factory, upgrade
+from backend.infra.keys_policy import KeyPolicyError, assert_keys_allowed, load_allowed_keys
+from backend.infra.models import Resident
+from backend.infra.rotation import (
     activate_in_file,
     add_key_to_file,
     encrypted_tables,
     reencrypt,
 )
-from backend.services import StoreBackend
+from backend.people.proxy import ProxyService, RecordingNotifier
 from core_fixtures import FakeClock
 from runtime.cli_privacy import register
 

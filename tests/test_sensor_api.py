@@ -12,13 +12,13 @@ from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from assistant.config import load_settings
-from backend import db
 from backend.alerts.desk import AlertDesk
 from backend.alerts.households import load_households
 from backend.alerts.rules import AlertRules
 from backend.alerts.store import Alert, CareContact, CareHousehold, SensorReading, UnknownReading
-from backend.crypto import FieldCipher, KeyRing
-from backend.outbox import Outbox
+from backend.infra import db
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.messaging.outbox import Outbox
 from channels import sensors
 from core_fixtures import TZ, FakeClock
 

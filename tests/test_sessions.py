@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from backend.sessions import MemorySessionStore, RedisSessionStore, make_session_store
+from backend.infra.sessions import MemorySessionStore, RedisSessionStore, make_session_store
 
 Store = MemorySessionStore | RedisSessionStore
 

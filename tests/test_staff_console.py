@@ -8,7 +8,7 @@ from browser import ARTIFACTS, chromium, contrast, serving, wait
 from sqlalchemy import select
 from staff_world import PASSWORD, PEOPLE, build_world
 
-from backend.models import AuditEntry
+from backend.infra.audit_chain import AuditEntry
 from channels.app import create_app
 from channels.staff_console import make_blueprint
 

@@ -11,7 +11,7 @@ from flask import request
 from sqlalchemy import select
 from staff_world import PASSWORD, build_world
 
-from backend.models import AuditEntry
+from backend.infra.audit_chain import AuditEntry
 from channels.app import create_app
 from channels.proxies import apply_trusted_proxies, trusted_proxy_hops
 from channels.staff_console import make_blueprint

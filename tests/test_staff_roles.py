@@ -13,9 +13,10 @@ from staff_world import PASSWORD, PEOPLE, build_world, csrf_of, login
 
 from assistant.config import load_settings
 from backend.alerts.store import Alert
-from backend.models import AuditEntry, Handoff, Ticket, verify_audit_chain
-from backend.proxy import ProxyGrant
-from backend.staff import StaffSession, StaffUser
+from backend.infra.audit_chain import AuditEntry, verify_audit_chain
+from backend.infra.models import Handoff, Ticket
+from backend.people.proxy import ProxyGrant
+from backend.people.staff import StaffSession, StaffUser
 from channels.app import create_app
 from channels.staff_console import make_blueprint
 from runtime.container import build_runtime
@@ -43,7 +44,7 @@ def client_for(app, username: str):
 def staff(world, username: str):
     with world.runtime.db_sessions() as session:
         user = session.scalar(select(StaffUser).where(StaffUser.username == username))
-    from backend.staff import to_staff
+    from backend.people.staff import to_staff
 
     return to_staff(user)
 

@@ -18,27 +18,19 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from assistant.ports import CaseRequest, HandoffRequest, Person
-from backend import schema, services
-from backend.crypto import FieldCipher, KeyRing
-from backend.db import make_engine, session_factory, upgrade
-from backend.models import (
-    Application,
-    AuditEntry,
-    Base,
-    Booking,
-    Handoff,
-    Resident,
-    StatusEvent,
-    Ticket,
-    verify_audit_chain,
-)
-from backend.references import (
+from backend import affairs as services
+from backend.affairs import StoreBackend
+from backend.affairs.references import (
     is_valid_reference,
     luhn_check_digit,
     new_reference,
     reference_kind,
 )
-from backend.services import StoreBackend
+from backend.infra import schema
+from backend.infra.audit_chain import AuditEntry, verify_audit_chain
+from backend.infra.crypto import FieldCipher, KeyRing
+from backend.infra.db import make_engine, session_factory, upgrade
+from backend.infra.models import Application, Base, Booking, Handoff, Resident, StatusEvent, Ticket
 
 ID_NUMBER = "110101194503020012"
 PHONE = "13800138000"

@@ -11,7 +11,8 @@ from PIL import Image
 from sms_fixtures import reference_in
 from sqlalchemy import select
 
-from backend.models import StatusEvent, Ticket, verify_audit_chain
+from backend.infra.audit_chain import verify_audit_chain
+from backend.infra.models import StatusEvent, Ticket
 from backend.tickets import TRANSITIONS, Taxonomy, TransitionError
 
 STAFF = {"Authorization": "Bearer staff-token-for-tests", "X-Staff-Name": "wang"}
@@ -184,7 +185,7 @@ def test_staff_console_page_serves_in_chinese_without_data(sms):
 
 
 def test_every_sms_sentence_fits_one_feature_phone_message():
-    from backend.sms_texts import DEFAULT_TEXTS
+    from backend.messaging.sms_texts import DEFAULT_TEXTS
 
     values = dict(ref="31234567", count=3, max=3, category="物业维修", place="幸福里小区12号楼3单元",
                   department="幸福里物业服务中心", original="31234568", reason="照片太大", note="已更换灯泡请放心使用" * 2,

@@ -24,8 +24,8 @@ from PIL import Image
 from sms_fixtures import PUBLIC_BASE_URL, SmsClient, reference_in, twiml_messages
 from sqlalchemy import func, select
 
-from backend.models import SmsInbound, SmsOptOut, SmsOutbox, StatusEvent, Ticket, TicketMedia
-from backend.sms_format import SEGMENT_CHARS, segments
+from backend.infra.models import SmsInbound, SmsOptOut, SmsOutbox, StatusEvent, Ticket, TicketMedia
+from backend.messaging.sms_format import SEGMENT_CHARS, segments
 
 WEBHOOK = "/webhooks/twilio/sms"
 
@@ -500,13 +500,13 @@ def _count_transactions(sms: SmsClient, monkeypatch) -> list[int]:
     ("同意", 0, "open"), ("1", 0, "open"), ("阳光小区3号楼", 0, "open"),
 ])
 def test_classify_reads_what_a_message_is_from_its_text(body, media, kind):
-    from backend.inbox import InboundSms, classify
+    from backend.messaging.inbox import InboundSms, classify
 
     assert classify(InboundSms(message_sid("SM"), RESIDENT_2, None, body, num_media=media), 500).kind == kind
 
 
 def test_rating_classified_with_its_score_and_reference():
-    from backend.inbox import InboundSms, classify
+    from backend.messaging.inbox import InboundSms, classify
 
     what = classify(InboundSms(message_sid("SM"), RESIDENT_2, None, "评价：四分 31852047"), 500)
     assert (what.score, what.reference) == (4, "31852047")

@@ -16,7 +16,7 @@ from backend.alerts.escalation import Escalation
 from backend.alerts.records import ROLE_LABELS, AlertRecords
 from backend.alerts.store import Alert, CareContact, CareHousehold
 from backend.alerts.unit import AlertUnit
-from backend.tx import TransactionRunner
+from backend.infra.tx import TransactionRunner
 
 ACK_WORDS = {"1", "收到", "已收到", "好", "好的", "确认", "收到了", "ok"}
 VISIT_WORDS = {"2", "已到", "到了", "已上门", "到"}

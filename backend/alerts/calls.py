@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from backend import jobs
 from backend.alerts.dispatch import CallPlacer, Integration, call_twiml
 from backend.alerts.records import AlertRecords
 from backend.alerts.store import Alert, AlertEvent, CareContact, CareHousehold
 from backend.alerts.unit import AlertUnit
-from backend.tx import TransactionRunner
+from backend.infra import jobs
+from backend.infra.tx import TransactionRunner
 
 
 class Calls:

@@ -6,7 +6,7 @@ the outbox and the calls / 119 posts / SLA checks as jobs. A crash before commit
 (the sender retries the batch; stored readings are skipped as duplicates), a crash after commit
 loses nothing either (the jobs and outbox rows are durable). Deadlines are columns on the alert
 and `alert.sla` jobs with run_at, so they survive restarts; the clock is injected. Every
-transaction goes through backend.tx's TransactionRunner with the desk's `AlertUnit`.
+transaction goes through backend.infra.tx's TransactionRunner with the desk's `AlertUnit`.
 
 The parts: registration (households, devices), intake (readings, time checks), notifications
 (raise, tell, clear), escalation (SLA), acknowledgement (replies, key presses, staff console),
@@ -43,9 +43,9 @@ from backend.alerts.registration import Registration, new_device_token, token_ha
 from backend.alerts.rules import AlertRules
 from backend.alerts.store import Alert, AlertEvent, CareHousehold
 from backend.alerts.unit import AlertUnit
-from backend.crypto import FieldCipher
-from backend.outbox import Outbox
-from backend.tx import TransactionRunner
+from backend.infra.crypto import FieldCipher
+from backend.infra.tx import TransactionRunner
+from backend.messaging.outbox import Outbox
 
 __all__ = ["ACK_WORDS", "MAX_BATCH", "VISIT_WORDS", "AckResult", "AlertDesk", "AlertView", "BatchError",
            "IngestResult", "TokenError", "new_device_token", "parse_reply", "token_hash"]
@@ -92,7 +92,7 @@ class AlertDesk:
         return self._clock().astimezone(UTC)
 
     def run(self, work: Callable[[AlertUnit], T], attempts: int = 5) -> T:
-        """`work` in one transaction (backend.tx: audit entries appended last, retried on a unique
+        """`work` in one transaction (backend.infra.tx: audit entries appended last, retried on a unique
         clash, a deadlock or serialisation failure, a busy SQLite)."""
         return self.runner.run(work, attempts)
 

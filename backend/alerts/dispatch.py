@@ -1,7 +1,7 @@
 """Ways out of the building for care alerts other than SMS: automated voice calls (Twilio's REST
 API, `Calls.json`) and integration points such as 119 (a webhook).
 
-Both are called from jobs (backend.jobs), so a failure is retried with back-off and a crash
+Both are called from jobs (backend.infra.jobs), so a failure is retried with back-off and a crash
 re-runs the job: the 119 body carries an `idempotency_key` the receiver can dedupe on.
 
 119 webhook body (POST, `Content-Type: application/json; charset=utf-8`):

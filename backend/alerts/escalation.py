@@ -9,7 +9,7 @@ from backend.alerts.records import AlertRecords, n
 from backend.alerts.rules import RulePolicy
 from backend.alerts.store import Alert, CareHousehold
 from backend.alerts.unit import AlertUnit
-from backend.tx import TransactionRunner
+from backend.infra.tx import TransactionRunner
 
 
 class Escalation:

@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from backend import jobs
 from backend.alerts.engine import AlertEngine
 from backend.alerts.notifications import Notifications
 from backend.alerts.registration import token_hash
@@ -19,8 +18,9 @@ from backend.alerts.state import HouseholdState
 from backend.alerts.store import CareDevice, CareHousehold, SensorReading, UnknownReading
 from backend.alerts.unit import AlertUnit
 from backend.alerts.values import AlertChange, Reading, ReadingError
-from backend.crypto import FieldCipher
-from backend.tx import TransactionRunner
+from backend.infra import jobs
+from backend.infra.crypto import FieldCipher
+from backend.infra.tx import TransactionRunner
 
 MAX_BATCH = 500
 

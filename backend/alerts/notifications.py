@@ -9,13 +9,13 @@ from datetime import UTC
 
 from sqlalchemy import select
 
-from backend import jobs
 from backend.alerts.records import ROLE_LABELS, STAFF_ROLES, AlertRecords, n
 from backend.alerts.rules import RulePolicy
 from backend.alerts.store import ACTIVE_STATES, Alert, CareHousehold
 from backend.alerts.unit import AlertUnit
 from backend.alerts.values import AlertChange
-from backend.tx import TransactionRunner
+from backend.infra import jobs
+from backend.infra.tx import TransactionRunner
 
 
 class Notifications:

@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from backend import jobs
 from backend.alerts.rules import AlertRules
 from backend.alerts.store import Alert, AlertEvent, CareContact, CareHousehold
 from backend.alerts.unit import AlertUnit, Person
-from backend.crypto import FieldCipher
-from backend.outbox import Outbox
+from backend.infra import jobs
+from backend.infra.crypto import FieldCipher
+from backend.messaging.outbox import Outbox
 
 ROLE_LABELS = {"grid_worker": "网格员", "backup_grid_worker": "网格员", "community_leader": "社区负责人",
                "social_worker": "社工", "doctor": "家庭医生", "property": "物业", "family": "家属", "senior": "老人"}

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from backend.alerts.households import Household
 from backend.alerts.store import CareContact, CareDevice, CareHousehold
 from backend.alerts.unit import AlertUnit
-from backend.crypto import FieldCipher
-from backend.tx import TransactionRunner
+from backend.infra.crypto import FieldCipher
+from backend.infra.tx import TransactionRunner
 
 
 def token_hash(cipher: FieldCipher, token: str) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from backend.models import Base, Timestamps, utcnow
+from backend.infra.models import Base, Timestamps, utcnow
 
 # open → notified → acknowledged → visited → closed; escalated when a deadline passes unanswered
 # (from notified or acknowledged), and from escalated on to acknowledged / visited / closed.

@@ -1,4 +1,4 @@
-"""The alert desk's unit of work: backend.tx's UnitOfWork plus a per-transaction cache of each
+"""The alert desk's unit of work: backend.infra.tx's UnitOfWork plus a per-transaction cache of each
 household's decrypted contacts (one decryption and one audited read per household and transaction)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from backend.tx import UnitOfWork
+from backend.infra.tx import UnitOfWork
 
 
 @dataclass(frozen=True)

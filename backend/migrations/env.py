@@ -1,12 +1,12 @@
-"""Alembic environment: one code path for SQLite and Postgres, engines made by backend.db."""
+"""Alembic environment: one code path for SQLite and Postgres, engines made by backend.infra.db."""
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection, text
 from sqlalchemy.pool import NullPool
 
-from backend.db import database_url, make_engine
-from backend.schema import metadata
+from backend.infra.db import database_url, make_engine
+from backend.infra.schema import metadata
 
 config = context.config
 target_metadata = metadata
@@ -22,7 +22,7 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite DDL is transactional too once backend.db issues the BEGIN itself, so a failed
+        # SQLite DDL is transactional too once backend.infra.db issues the BEGIN itself, so a failed
         # upgrade leaves the previous schema intact on both databases.
         transactional_ddl=True,
         render_as_batch=connection.dialect.name == "sqlite",

@@ -1,5 +1,5 @@
 """Ticket loop: photo reports (media, place, routing, rating), SMS inbound/outbox/opt-outs,
-and the jobs table behind backend.jobs.
+and the jobs table behind backend.infra.jobs.
 
 Revision ID: 0002
 Revises: 0001

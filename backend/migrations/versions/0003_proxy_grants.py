@@ -1,4 +1,4 @@
-"""Family proxy grants and the notifications they caused (backend/proxy.py).
+"""Family proxy grants and the notifications they caused (backend/people/proxy/).
 
 Revision ID: 0003
 Revises: 0002

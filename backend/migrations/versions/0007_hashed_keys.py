@@ -2,7 +2,7 @@
 
 Keys used to be stored as given ("sms:+8613700002222:<form>", "open311:<api key>:…"), which put
 SMS senders' phone numbers in a column that is neither encrypted nor masked. The code now stores
-`k1:` + a keyed SM3 hash (backend.models.idempotency_digest). Old rows cannot be re-hashed here:
+`k1:` + a keyed SM3 hash (backend.infra.models.idempotency_digest). Old rows cannot be re-hashed here:
 a migration gets a database URL, not the key material (and loading keys here could create a
 fresh key file that matches nothing). They get `legacy:<row id>` instead: unique, and naming
 nobody. The only thing lost is matching a retry of a request made before the upgrade; a finished

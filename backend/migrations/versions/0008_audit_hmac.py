@@ -1,6 +1,6 @@
 """Keyed audit chain: audit_entries.key_version.
 
-Entries written from now on are linked with HMAC-SM3 under the audit key (backend.crypto
+Entries written from now on are linked with HMAC-SM3 under the audit key (backend.infra.crypto
 KeyRing.audit_key_versions) and record the key version they used. Existing entries keep their
 plain SM3 links and get key_version 0 ("legacy"): they stay verifiable exactly as before, and
 `audit verify` accepts version-0 entries only as the chain's prefix, never after a keyed entry

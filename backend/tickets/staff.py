@@ -1,0 +1,140 @@
+"""The staff side of tickets: actions along the state machine (route, accept, start, resolve with
+a photo, reject, reopen, close), audited views with private fields, search for the console and
+Open311."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.affairs.references import is_valid_reference
+from backend.infra.models import StatusEvent, Ticket, TicketMedia
+from backend.infra.tx import UnitOfWork
+from backend.tickets.core import TicketCore
+from backend.tickets.model import TicketView
+
+
+class TicketStaffWorkflow(TicketCore):
+    """Staff actions and views."""
+
+    def staff_action(self, reference: str, action: str, actor: str, *, note: str | None = None,
+                     department: str | None = None, photo: bytes | None = None) -> TicketView:
+        if not is_valid_reference(reference):
+            raise LookupError(reference)
+        stored = self.media.ingest(photo) if photo else None  # outside the transaction: file I/O
+
+        def work(unit: UnitOfWork) -> TicketView:
+            ticket = unit.session.scalar(select(Ticket).where(Ticket.reference == reference).with_for_update())
+            if ticket is None:
+                raise LookupError(reference)
+            if action == "route":
+                if not department:
+                    raise ValueError("department is required")
+                ticket.department = department[:64]
+                if ticket.status == "received":
+                    self.move(unit, ticket, "categorised", actor, notify=False)
+                self.move(unit, ticket, "routed", actor, department, notify=False)
+                self._notify(unit, ticket, "routed", f"routed:{unit.now.isoformat()}",
+                             category=self._category_name(ticket), place=ticket.place or "已记录",
+                             department=department)
+            elif action == "accept":
+                self.move(unit, ticket, "accepted", actor, note)
+            elif action == "start":
+                self.move(unit, ticket, "in_progress", actor, note)
+            elif action == "resolve":
+                if not note:
+                    raise ValueError("a note is required to resolve")
+                if stored is not None:
+                    position = unit.session.scalar(select(func.count()).select_from(TicketMedia)
+                                                   .where(TicketMedia.ticket_id == ticket.id)) or 0
+                    unit.session.add(TicketMedia(ticket_id=ticket.id, position=position + 100, role="resolution",
+                                                 state="stored", sha256=stored.sha256,
+                                                 content_type=stored.content_type, size=stored.size,
+                                                 created_at=unit.now, updated_at=unit.now))
+                self.move(unit, ticket, "resolved", actor, note)
+            elif action == "reject":
+                if not note:
+                    raise ValueError("a note is required to reject")
+                self.move(unit, ticket, "rejected", actor, note)
+            elif action == "reopen":
+                self.move(unit, ticket, "reopened", actor, note)
+            elif action == "close":
+                self.move(unit, ticket, "closed", actor, note, notify=False)
+            else:
+                raise ValueError(f"unknown action {action!r}")
+            return self._view(unit.session, ticket, private=False)
+
+        return self.run(work)
+
+    def view(self, reference: str, *, actor: str | None = None) -> TicketView | None:
+        """Public view; with an actor (staff) also the decrypted private fields, audited."""
+
+        def work(unit: UnitOfWork) -> TicketView | None:
+            ticket = unit.session.scalar(select(Ticket).where(Ticket.reference == reference))
+            if ticket is None:
+                return None
+            if actor:
+                unit.audit(actor, "read", ticket.id, reference=reference, view="ticket")
+            return self._view(unit.session, ticket, private=bool(actor))
+
+        return self.run(work)
+
+    def search(self, *, status: Sequence[str] | None = None, department: str | None = None,
+             service_code: str | None = None, since: datetime | None = None, until: datetime | None = None,
+             triage: bool = False, limit: int = 100) -> list[TicketView]:
+        with self._sessions() as session:
+            query = select(Ticket)
+            if status:
+                query = query.where(Ticket.status.in_(list(status)))
+            if department:
+                query = query.where(Ticket.department == department)
+            if service_code:
+                query = query.where(Ticket.service_code == service_code)
+            if since:
+                query = query.where(Ticket.created_at >= since)
+            if until:
+                query = query.where(Ticket.created_at <= until)
+            if triage:
+                query = query.where(Ticket.status == "categorised", Ticket.department.is_(None),
+                                    Ticket.awaiting.is_(None))
+            rows = session.scalars(query.order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(limit)).all()
+            return [self._view(session, t, private=False) for t in rows]
+
+    def _view(self, session: Session, ticket: Ticket, *, private: bool) -> TicketView:
+        media = session.execute(select(TicketMedia.sha256, TicketMedia.role)
+                                .where(TicketMedia.ticket_id == ticket.id, TicketMedia.state == "stored")
+                                .order_by(TicketMedia.position)).all()
+        original = session.get(Ticket, ticket.duplicate_of_id) if ticket.duplicate_of_id else None
+        category = self.taxonomy.get(ticket.service_code)
+        details: dict[str, Any] = {}
+        events: tuple[tuple[str | None, str, str, datetime], ...] = ()
+        if private:
+            details = {"description": self._cipher.decrypt(ticket.description_enc),
+                       "location": self._cipher.decrypt(ticket.location_enc),
+                       "contact": self._cipher.decrypt(ticket.contact_enc),
+                       "ocr_text": self._cipher.decrypt(ticket.ocr_text_enc)}
+            events = tuple((e.from_status, e.to_status, e.actor, e.at) for e in session.scalars(
+                select(StatusEvent).where(StatusEvent.entity_type == "ticket", StatusEvent.entity_id == ticket.id)
+                .order_by(StatusEvent.id)))
+        return TicketView(
+            reference=ticket.reference, status=ticket.status, service_code=ticket.service_code,
+            category_name=category.name if category else None, department=ticket.department, place=ticket.place,
+            latitude=ticket.latitude, longitude=ticket.longitude, channel=ticket.channel,
+            created_at=ticket.created_at, updated_at=ticket.updated_at, status_note=ticket.status_note,
+            rating=ticket.rating, duplicate_of=original.reference if original else None,
+            media=tuple((sha, role) for sha, role in media if sha), private=details, events=events,
+        )
+
+    def description(self, reference: str) -> str | None:
+        """Open311's `description` is public there; tickets filed by residents keep theirs private
+        unless they came in through Open311 itself."""
+        with self._sessions() as session:
+            ticket = session.scalar(select(Ticket).where(Ticket.reference == reference))
+            if ticket is None or ticket.channel != "open311":
+                return None
+            return self._cipher.decrypt(ticket.description_enc)
+
+
