@@ -24,10 +24,8 @@ class DepartmentPage:
         self.desk = runtime.ticket_loop.desk
 
     def console(self):
-        settings = self.desk.settings
-        departments = sorted({c.department for c in self.desk.taxonomy.categories if c.department}
-                             | {d for grid in settings.grid_departments.values() for d in grid.values()})
-        return render_template("department_page.html", departments=departments, triage=settings.triage_queue)
+        return render_template("department_page.html", departments=self.desk.departments(),
+                               triage=self.desk.settings.triage_queue)
 
 
 ROUTES: list[Route] = [

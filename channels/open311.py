@@ -30,15 +30,17 @@ from typing import Any
 from flask import Blueprint, jsonify, request, send_file
 
 from backend.infra.crypto import hmac_sm3_hex
-from backend.tickets import TicketView
+from backend.infra.models import STATUSES
+from backend.tickets import OPEN_STATUSES, TicketView
 from channels.boundary import safe_equal
 from channels.routes import Route, register
 from channels.runtime_port import ChannelRuntime
 
 NAME = "open311"
 # Open311 knows two states; the ticket desk's states map onto them.
-CLOSED = {"resolved", "rated", "closed", "rejected", "duplicate", "cancelled"}
-OPEN = {"received", "categorised", "routed", "accepted", "in_progress", "reopened"}
+# Open311 knows two states: the ticket loop's own open statuses, and the rest.
+OPEN = OPEN_STATUSES
+CLOSED = frozenset(STATUSES["ticket"]) - OPEN_STATUSES
 MAX_DESCRIPTION = 2000
 MEDIA_LINK_SECONDS = 15 * 60
 _MEDIA_PURPOSE = b"open311_media_url"  # domain separation from the blind indexes on the same key
@@ -72,7 +74,7 @@ class MediaLinks:
         return left if safe_equal(sig, self._sign(name, int(expires))) else 0
 
 
-def media_links(runtime: Any) -> MediaLinks:
+def media_links(runtime: ChannelRuntime) -> MediaLinks:
     """The signer for a runtime; the staff API links photos the same way."""
     return MediaLinks(runtime.cipher.keys.index_key, runtime.clock)
 

@@ -50,7 +50,7 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def _redis_client(runtime: Any) -> redis.Redis | None:
+def _redis_client(runtime: ChannelRuntime) -> redis.Redis | None:
     """A probe client for the session store's Redis (short time-outs, no retries: the store's
     own client is tuned for turns), or None when sessions are not in Redis."""
     if runtime.settings.redis_url:

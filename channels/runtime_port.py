@@ -3,8 +3,9 @@ composition root (runtime/container.py `Runtime` is the one implementation; test
 same). Channels translate wire formats to turns and back through these parts only."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # types only: channels do not import the composition root at run time
     from sqlalchemy.orm import Session
@@ -14,11 +15,56 @@ if TYPE_CHECKING:  # types only: channels do not import the composition root at 
     from assistant.dialogue.domain import Domain
     from assistant.ivr import IvrFlow
     from assistant.ports import Clock, SessionStore
+    from assistant.voice.recognizer import DecodePool, VoiceConfig
+    from assistant.voice.tts import Speech, SpeechChunk
     from backend.affairs import StoreBackend
     from backend.alerts.desk import AlertDesk
     from backend.infra.crypto import FieldCipher
     from backend.messaging.calls import CallLog
     from backend.people.proxy import ProxyService
+    from backend.people.staff import StaffDirectory
+    from backend.people.staff_queries import StaffQueries
+    from backend.tickets import TicketDesk
+    from channels.twilio_signature import TwilioConfig
+
+
+class VoicePort(Protocol):
+    """What the voice channels use of runtime.voice_services.VoiceServices."""
+
+    config: VoiceConfig
+
+    @property
+    def pool(self) -> DecodePool | None: ...  # the local recogniser, None without one
+
+    @property
+    def unavailable(self) -> str | None: ...  # why there is no recogniser, in words
+
+    @property
+    def local_voice(self) -> bool: ...  # audio made here (<Play>, kiosk, streams) or <Say>
+
+    def carrier_speech(self, text: str, language: str = "zh") -> Speech: ...
+
+    def stream(self, text: str, language: str = "zh") -> Iterator[SpeechChunk]: ...
+
+    def pieces(self, text: str) -> list[str]: ...
+
+    def prepare(self, text: str, language: str = "zh") -> str | None: ...
+
+    def await_file(self, name: str, timeout: float) -> Path | None: ...
+
+
+class TicketLoopPort(Protocol):
+    """What channels use of runtime.ticket_loop.TicketLoop."""
+
+    desk: TicketDesk
+    twilio: TwilioConfig
+
+
+class StaffPort(Protocol):
+    """What channels use of runtime.container.StaffServices."""
+
+    directory: StaffDirectory
+    queries: StaffQueries
 
 
 class ChannelRuntime(Protocol):
@@ -38,18 +84,17 @@ class ChannelRuntime(Protocol):
     @property
     def ivr_flow(self) -> IvrFlow: ...
 
-    # The three below are assembled in runtime/ (which imports the channels), so naming their
-    # types here would tie a circle: Any until they move into the backend's domain packages.
+    # Assembled in runtime/ (which imports the channels): named here by the small ports above.
     @property
-    def ticket_loop(self) -> Any: ...  # runtime.ticket_loop.TicketLoop: .desk, .outbox, .jobs
+    def ticket_loop(self) -> TicketLoopPort: ...
 
     @property
     def alerts(self) -> AlertDesk: ...
 
     @property
-    def staff(self) -> Any: ...  # runtime.container.StaffServices: .directory, .queries
+    def staff(self) -> StaffPort: ...
 
     @property
-    def voice(self) -> Any: ...  # runtime.voice_services.VoiceServices: recogniser pool, voices
+    def voice(self) -> VoicePort: ...
 
     def loading(self) -> dict[str, str]: ...

@@ -89,9 +89,8 @@ class Sensors:
         texts = self.desk.rules.texts
         try:
             alert_id, contact_id = int(request.args["alert"]), int(request.args["contact"])
-            digits = (request.form.get("Digits") or request.args.get("Digits") or "none").strip()
-            result = self.desk.acknowledge_contact(contact_id, digits, "voice", alert_id)
-            return result.reply if result is not None else texts["call_no_input"]
+            digits = (request.form.get("Digits") or request.args.get("Digits") or "").strip()
+            return self.desk.call_answer(contact_id, alert_id, digits)
         except (KeyError, ValueError):
             return texts["call_no_input"]
         except Exception:  # never a 500 to the carrier

@@ -205,8 +205,7 @@ class StaffConsole:
         return self.runtime.ticket_loop.desk
 
     def tickets(self):
-        desk = self.ticket_desk()
-        views = [v for ref in self.queries.ticket_references(g.staff) if (v := desk.view(ref)) is not None]
+        views = self.ticket_desk().search(scope=self.queries.ticket_scope(g.staff), limit=200)
         return self.page("tickets.html", rows=views)
 
     def ticket(self, reference: str):

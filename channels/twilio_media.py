@@ -33,7 +33,7 @@ from assistant.voice.tts import SpeechChunk
 from assistant.voice.vad import EndpointDetector, NoInput, SpeechStarted, UtteranceEnded
 from backend.messaging.sms_format import mainland_mobile
 from channels.phone_call import CallStep, PhoneCall, StreamExit, stream_exits
-from channels.runtime_port import ChannelRuntime
+from channels.runtime_port import ChannelRuntime, VoicePort
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class StreamCall:
     """One call on one socket."""
 
     phone: PhoneCall
-    services: Any  # runtime.voice (VoiceServices): recogniser pool, streaming voice, config
+    services: VoicePort  # runtime.voice: recogniser pool, streaming voice, config
     send: Callable[[dict[str, Any]], Awaitable[None]]  # one JSON event to Twilio
     call_sid: str = ""
     stream_sid: str = ""

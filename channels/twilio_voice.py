@@ -277,7 +277,7 @@ class VoiceWebhooks:
         return self.phone.nav.message(
             "whisper_case", reference=reference,
             urgent=self.phone.nav.message("whisper_urgent") if fields.get("urgent") else "",
-            form=self.phone.nav.message("whisper_form", form=form) if form else "",
+            form=self.phone.nav.message("whisper_form", form=self.runtime.domain.label("category", form)) if form else "",
         )
 
     def prompt_audio(self, name: str) -> Response:

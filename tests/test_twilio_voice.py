@@ -149,6 +149,15 @@ def test_zero_reaches_a_person_with_a_whisper_for_the_agent(phone):
     assert phone.runtime.backend.get_case(reference).kind == "handoff"
 
 
+def test_whisper_names_the_form_the_caller_was_filling_in_words(phone):
+    phone.call()
+    phone.answer(speech="我想办老年证")
+    phone.answer(speech="转人工")
+    whisper = phone.xml.find("Dial").find("Number").get("url")
+    phone.post(whisper)
+    assert phone.says("正在办老年证申请") and "apply_senior_card" not in phone.spoken
+
+
 def test_whisper_for_an_unknown_reference_says_there_is_no_record(phone):
     phone.call()
     phone.post("/webhooks/twilio/voice/whisper?ref=99999999")

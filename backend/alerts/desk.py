@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from assistant.ports import Clock
 from backend.alerts.acknowledgement import ACK_WORDS, VISIT_WORDS, Acknowledgement, AckResult, parse_reply
-from backend.alerts.calls import Calls
+from backend.alerts.call_jobs import Calls
 from backend.alerts.dispatch import CallPlacer, Integration
 from backend.alerts.engine import AlertEngine
 from backend.alerts.escalation import Escalation
@@ -165,6 +165,12 @@ class AlertDesk:
     def acknowledge_contact(self, contact_id: int, reply: str, channel: str, alert_id: int) -> AckResult | None:
         """The alert call's key press: the call URL names the contact (signed by Twilio)."""
         return self.acknowledgement.acknowledge_contact(contact_id, reply, channel, alert_id)
+
+    def call_answer(self, contact_id: int, alert_id: int, digits: str) -> str:
+        """What the alert call says after the contact's key press (or none): their answer's reply,
+        else the no-input sentence."""
+        result = self.acknowledge_contact(contact_id, digits or "none", "voice", alert_id)
+        return result.reply if result is not None else self.rules.texts["call_no_input"]
 
     def staff_action(self, alert_id: int, action: str, staff: str, note: str | None = None) -> str:
         """The staff console: acknowledge / visited / close, by a named member of staff."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from backend.affairs.references import is_valid_reference
@@ -82,11 +82,19 @@ class TicketStaffWorkflow(TicketCore):
 
         return self.run(work)
 
+    def departments(self) -> list[str]:
+        """Every department a ticket can be routed to: the taxonomy's and the grids' (config.yml)."""
+        return sorted({c.department for c in self.taxonomy.categories if c.department}
+                      | {d for grid in self.settings.grid_departments.values() for d in grid.values()})
+
     def search(self, *, status: Sequence[str] | None = None, department: str | None = None,
              service_code: str | None = None, since: datetime | None = None, until: datetime | None = None,
-             triage: bool = False, limit: int = 100) -> list[TicketView]:
+             triage: bool = False, limit: int = 100,
+             scope: ColumnElement[bool] | None = None) -> list[TicketView]:
+        """Newest first. `scope` is the acting staff member's predicate (StaffQueries.ticket_scope),
+        applied in the same query so that the limit counts only what they may see."""
         with self._sessions() as session:
-            query = select(Ticket)
+            query = select(Ticket) if scope is None else select(Ticket).where(scope)
             if status:
                 query = query.where(Ticket.status.in_(list(status)))
             if department:

@@ -115,6 +115,17 @@ class ProxyGrants(ProxyCore):
                             actor=f"resident:{row.channel}")
 
     # -- consent ----------------------------------------------------------------------------------
+    def _pending_answer(self, unit: ProxyUnit, grant_id: int, channel: str, from_phone: str | None,
+                        answered: str) -> tuple[ProxyGrant, datetime]:
+        """The grant a senior answers (locked), checked to be theirs; refused unless it awaits an
+        answer or is already `answered` (the caller returns that unchanged: a repeated reply)."""
+        now = self._now()
+        grant = self._lock(unit.session, grant_id)
+        self._check_consenter(grant, channel, from_phone)
+        if grant.status not in ("pending_consent", answered):
+            raise ProxyError(f"grant {grant_id} is {grant.status}")
+        return grant, now
+
     def consent(self, grant_id: int, *, channel: str, from_phone: str | None = None,
                 staff_id: str | None = None) -> GrantView:
         """The senior agrees: by SMS or keypad from the phone the request named, or in person
@@ -123,13 +134,9 @@ class ProxyGrants(ProxyCore):
 
         def work(unit: ProxyUnit) -> GrantView:
             session = unit.session
-            now = self._now()
-            grant = self._lock(session, grant_id)
-            self._check_consenter(grant, channel, from_phone)
+            grant, now = self._pending_answer(unit, grant_id, channel, from_phone, "active")
             if grant.status == "active":
                 return self._view(grant)  # a repeated "1" changes nothing
-            if grant.status != "pending_consent":
-                raise ProxyError(f"grant {grant_id} is {grant.status}")
             if grant.expires_at <= now:
                 self._transition(unit, grant, "expired", "system", now)
                 return self._view(grant)  # committed as expired, then refused below
@@ -158,14 +165,9 @@ class ProxyGrants(ProxyCore):
         actor = self._consent_actor(channel, from_phone, staff_id)
 
         def work(unit: ProxyUnit) -> GrantView:
-            session = unit.session
-            now = self._now()
-            grant = self._lock(session, grant_id)
-            self._check_consenter(grant, channel, from_phone)
+            grant, now = self._pending_answer(unit, grant_id, channel, from_phone, "declined")
             if grant.status == "declined":
                 return self._view(grant)
-            if grant.status != "pending_consent":
-                raise ProxyError(f"grant {grant_id} is {grant.status}")
             self._transition(unit, grant, "declined", actor, now, channel=channel)
             values = self._values(grant)
             self._notify(unit, grant, "declined", "senior", TEXTS["declined_senior"].format(**values), now)
