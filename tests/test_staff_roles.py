@@ -361,6 +361,11 @@ def test_staff_api_scopes_tickets_by_role(runtime):
     water = api_login("water")  # department handler of 水务: the G02 ticket only
     listed = {t["reference"] for t in client.get("/staff/api/tickets", headers=water).get_json()}
     assert b_ref in listed and a_ref not in listed
+    # The scope is part of the query: a small page is filled with their own tickets, not with
+    # the newest of everyone's filtered down to nothing.
+    for who, mine in ((grid_a, a_ref), (water, b_ref)):
+        page = client.get("/staff/api/tickets?limit=1", headers=who).get_json()
+        assert [t["reference"] for t in page] == [mine]
     assert client.get("/staff/api/tickets").status_code == 403  # no token
     assert client.get("/staff/api/tickets", headers={"Authorization": "Bearer forged"}).status_code == 403
     wrong = client.post("/staff/api/login", json={"username": "grida", "password": "not-it"})
