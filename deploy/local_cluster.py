@@ -21,8 +21,8 @@ As a library (tests/test_faults.py):
         cluster.kill_web_worker(); cluster.restart_redis(); cluster.restart_postgres()
         cluster.twilio_api.sent  # what the workers sent through the fake Twilio API
 
-The Postgres cluster is throw-away: fsync is off (safe against killed processes, which is what
-the tests do, not against a power cut) and its data directory is deleted by stop().
+The private servers are in deploy/local_servers.py; the Postgres one is throw-away (fsync off,
+its data directory deleted by stop()).
 """
 from __future__ import annotations
 
@@ -31,114 +31,36 @@ import atexit
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
+from deploy.local_servers import (  # noqa: F401  (names tests and benches import from here)
+    ClusterError,
+    PrivatePostgres,
+    PrivateRedis,
+    ServerMissing,
+    StopMode,
+    free_port,
+    missing_servers,
+    postgres_bin,
+)
+from deploy.local_servers import children as _children
+from deploy.local_servers import process_state as _state
+from deploy.local_servers import signal_and_wait as _signal_and_wait
+from deploy.local_servers import tail as _tail
+
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
-PG_USER = "app"
 _READY_LINE = re.compile(r"worker ready \(pid (\d+)\)")
-
-
-class ClusterError(RuntimeError):
-    """A component did not start or stop; the message carries the end of its log."""
-
-
-class ServerMissing(ClusterError):
-    """A server binary (redis-server, PostgreSQL) is not installed here."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def postgres_bin() -> Path | None:
-    """The PostgreSQL server binaries: $PG_BIN, the newest /usr/lib/postgresql/*/bin, or PATH."""
-    candidates = [os.environ.get("PG_BIN", "")]
-    candidates += sorted((str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)
-    if initdb := shutil.which("initdb"):
-        candidates.append(str(Path(initdb).parent))
-    for c in filter(None, candidates):
-        if (Path(c) / "initdb").exists() and (Path(c) / "postgres").exists():
-            return Path(c)
-    return None
-
-
-def missing_servers(database: str = "postgres", redis: bool = True) -> list[str]:
-    """What this machine lacks for such a cluster (empty: it can run)."""
-    missing = []
-    if database == "postgres":
-        if postgres_bin() is None:
-            missing.append("PostgreSQL server binaries (apt-get install postgresql)")
-        elif os.geteuid() == 0 and not _user_exists("postgres"):
-            missing.append("a `postgres` user to run the server as (we are root)")
-    if redis and not shutil.which("redis-server"):
-        missing.append("redis-server (apt-get install redis-server)")
-    return missing
-
-
-def _user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of pid (zombies excluded), from /proc."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return sorted(out)
-
-
-def _state(pid: int) -> str:
-    """R running, S sleeping, Z zombie … ('' when gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def _signal_and_wait(proc: subprocess.Popen[bytes], sig: int, timeout: float, *, group: bool = False) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
-        proc.wait(10)
-    except ProcessLookupError:
-        proc.wait(10)
 
 
 class LocalCluster:
@@ -161,11 +83,8 @@ class LocalCluster:
         self.twilio_api: Any = None  # fixtures.twilio_world.FakeTwilioApi when fake_twilio
         self.media_server: Any = None  # fixtures.twilio_world.MediaServer when fake_twilio
         self.web_port = 0
-        self.redis_port = 0
-        self.pg_port = 0
-        self._pg_dir: Path | None = None  # under /tmp, owned by the postgres user
-        self._pg: subprocess.Popen[bytes] | None = None
-        self._redis: subprocess.Popen[bytes] | None = None
+        self.postgres = PrivatePostgres(self.workdir, self.logs_dir, self._log)
+        self.redis = PrivateRedis(self.workdir, self.logs_dir, self._log)
         self._web: subprocess.Popen[bytes] | None = None
         self._jobs: dict[int, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
@@ -184,11 +103,11 @@ class LocalCluster:
     def database_url(self) -> str:
         if self.database == "sqlite":
             return f"sqlite:///{self.workdir / 'data' / 'assistant.db'}"
-        return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.pg_port}/postgres"
+        return self.postgres.url
 
     @property
     def redis_url(self) -> str | None:
-        return f"redis://127.0.0.1:{self.redis_port}/0" if self.use_redis else None
+        return self.redis.url if self.use_redis else None
 
     # --- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> LocalCluster:
@@ -213,10 +132,9 @@ class LocalCluster:
             if self.fake_twilio:
                 self._start_fakes()
             if self.database == "postgres":
-                self._start_postgres(initdb=True)
+                self.postgres.create()
             if self.use_redis:
-                self.redis_port = free_port()
-                self._start_redis()
+                self.redis.start()
             self.web_port = free_port()
             self.env = self._make_env()
             self._prepare()
@@ -241,21 +159,14 @@ class LocalCluster:
         if self._web is not None:
             _signal_and_wait(self._web, signal.SIGTERM, 30, group=True)
             self._web = None
-        if self._redis is not None:
-            _signal_and_wait(self._redis, signal.SIGTERM, 15)
-            self._redis = None
-        if self._pg is not None:
-            _signal_and_wait(self._pg, signal.SIGINT, 30)  # fast shutdown
-            self._pg = None
+        self.redis.stop_quietly()
+        self.postgres.remove()
         for fake in (self.twilio_api, self.media_server):
             if fake is not None:
                 fake.close()
         for log in self._logs:
             log.close()
         self._logs.clear()
-        if self._pg_dir is not None:
-            shutil.rmtree(self._pg_dir, ignore_errors=True)
-            self._pg_dir = None
         atexit.unregister(self.stop)
 
     # --- pieces -----------------------------------------------------------------------------------
@@ -273,80 +184,6 @@ class LocalCluster:
 
         self.twilio_api = start_twilio_api()
         self.media_server = start_media_server()
-
-    def _as_pg_user(self) -> dict[str, Any]:
-        # The server refuses to run as root. Popen(user=…) keeps the postmaster our direct child
-        # (unlike `su -c`), so signals reach it and its pid is Popen.pid.
-        if os.geteuid() != 0:
-            return {}
-        return {"user": "postgres", "group": "postgres", "extra_groups": []}
-
-    def _start_postgres(self, *, initdb: bool) -> None:
-        bindir = postgres_bin()
-        assert bindir is not None
-        if initdb:
-            # Its own directory under /tmp: the work directory may sit below a 0700 directory
-            # (pytest's tmp_path) that the postgres user cannot enter.
-            self._pg_dir = Path(tempfile.mkdtemp(prefix="cluster-pg-"))
-            if os.geteuid() == 0:
-                shutil.chown(self._pg_dir, user="postgres", group="postgres")
-            link = self.workdir / "postgres"
-            if link.is_symlink():
-                link.unlink()
-            link.symlink_to(self._pg_dir)
-            self.pg_port = free_port()
-            result = subprocess.run(
-                [str(bindir / "initdb"), "-D", str(self._pg_dir / "data"), "-A", "trust", "-U", PG_USER,
-                 "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
-                cwd=self._pg_dir, capture_output=True, timeout=120, check=False, **self._as_pg_user())
-            if result.returncode != 0:
-                raise ClusterError(f"initdb failed:\n{result.stdout.decode()}{result.stderr.decode()}")
-        assert self._pg_dir is not None
-        self._pg = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(self._pg_dir / "data"), "-p", str(self.pg_port),
-             "-k", str(self._pg_dir), "-c", "listen_addresses=127.0.0.1",
-             # Throw-away data: no fsync (a killed process loses nothing, only a power cut would).
-             # synchronous_commit stays on, so "committed" still means "in the WAL" across a crash
-             # restart (restart_postgres(mode="immediate")).
-             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-            cwd=self._pg_dir, stdout=self._log("postgres.log"), stderr=subprocess.STDOUT,
-            **self._as_pg_user())
-        self._wait_postgres(60)
-
-    def _wait_postgres(self, timeout: float) -> None:
-        import psycopg
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with psycopg.connect(host="127.0.0.1", port=self.pg_port, user=PG_USER, dbname="postgres",
-                                     connect_timeout=2):
-                    return
-            except psycopg.OperationalError:
-                if (self._pg is not None and self._pg.poll() is not None) or time.monotonic() > deadline:
-                    raise ClusterError("postgres did not start:\n" + _tail(self.logs_dir / "postgres.log")) from None
-                time.sleep(0.1)
-
-    def _start_redis(self) -> None:
-        server = shutil.which("redis-server")
-        assert server is not None
-        self._redis = subprocess.Popen(
-            [server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.workdir / "redis"),
-             # Persistence: the append-only file, fsynced every second (Debian's production
-             # choice); a clean restart (SIGTERM) writes everything, so conversations survive.
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"],
-            stdout=self._log("redis.log"), stderr=subprocess.STDOUT)
-        import redis
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if redis.Redis(port=self.redis_port, socket_timeout=1).ping():
-                    return
-            except redis.RedisError:  # refused, or still loading the append-only file
-                if self._redis.poll() is not None or time.monotonic() > deadline:
-                    raise ClusterError("redis-server did not start:\n" + _tail(self.logs_dir / "redis.log")) from None
-                time.sleep(0.05)
 
     def _make_env(self) -> dict[str, str]:
         if self.fake_twilio:
@@ -505,50 +342,40 @@ class LocalCluster:
     # --- servers ----------------------------------------------------------------------------------
     def stop_redis(self, *, hard: bool = False) -> None:
         """SIGTERM (flushes the append-only file) or, hard, SIGKILL (may lose the last second)."""
-        if self._redis is None:
-            raise ClusterError("this cluster has no running Redis")
-        _signal_and_wait(self._redis, signal.SIGKILL if hard else signal.SIGTERM, 30)
-        self._redis = None
+        self.redis.stop(hard=hard)
 
     def start_redis(self) -> None:
         """Starts redis-server again on the same port and files."""
-        if not self.use_redis or self._redis is not None:
+        if not self.use_redis or self.redis.running:
             raise ClusterError("this cluster has no Redis, or it is running")
-        self._start_redis()
+        self.redis.start()
 
     def restart_redis(self, *, downtime: float = 0.0, hard: bool = False) -> float:
         """stop_redis, `downtime` seconds, start_redis. Returns how long it was down;
         `last_outage` holds when (time.monotonic())."""
-        self.stop_redis(hard=hard)
-        down_at = time.monotonic()
-        time.sleep(downtime)
-        self.start_redis()
-        self.last_outage = (down_at, time.monotonic())
-        return self.last_outage[1] - down_at
+        return self._outage(lambda: self.stop_redis(hard=hard), self.start_redis, downtime)
 
-    def stop_postgres(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
+    def stop_postgres(self, mode: StopMode = "fast") -> None:
         """Stops the postmaster: fast disconnects clients cleanly; immediate is like a crash (WAL
         recovery at the next start)."""
-        if self._pg is None:
-            raise ClusterError("this cluster has no running PostgreSQL")
-        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
-        _signal_and_wait(self._pg, sig, 60)
-        self._pg = None
+        self.postgres.stop(mode)
 
     def start_postgres(self) -> None:
         """Starts PostgreSQL again on the same port and data."""
-        if self.database != "postgres" or self._pg is not None:
+        if self.database != "postgres" or self.postgres.running:
             raise ClusterError("this cluster has no PostgreSQL, or it is running")
-        self._start_postgres(initdb=False)
+        self.postgres.start()
 
-    def restart_postgres(self, *, downtime: float = 0.0,
-                         mode: Literal["smart", "fast", "immediate"] = "fast") -> float:
+    def restart_postgres(self, *, downtime: float = 0.0, mode: StopMode = "fast") -> float:
         """stop_postgres(mode), `downtime` seconds, start_postgres. Returns how long it was down;
         `last_outage` holds when (time.monotonic())."""
-        self.stop_postgres(mode)
+        return self._outage(lambda: self.stop_postgres(mode), self.start_postgres, downtime)
+
+    def _outage(self, stop: Callable[[], None], start: Callable[[], None], downtime: float) -> float:
+        stop()
         down_at = time.monotonic()
         time.sleep(downtime)
-        self.start_postgres()
+        start()
         self.last_outage = (down_at, time.monotonic())
         return self.last_outage[1] - down_at
 
