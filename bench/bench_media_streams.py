@@ -25,6 +25,7 @@ import base64
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -229,6 +230,11 @@ def main() -> None:
     if args.tts_cache:
         Path(args.tts_cache).mkdir(parents=True, exist_ok=True)
         (tmp / "tts").symlink_to(Path(args.tts_cache).resolve())
+        # The cache's file names are keyed by the index key (runtime.container.tts_cache_key): keep
+        # the development keys with the cache, or every run would name (and render) everything anew.
+        kept_keys = Path(args.tts_cache) / "bench-keys.json"
+        if kept_keys.exists():
+            shutil.copyfile(kept_keys, tmp / "keys.json")
     env = {**os.environ, "DATA_DIR": str(tmp), "DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}"}
     settings = load_settings(env)
     voice = settings.config.setdefault("voice", {})
@@ -239,6 +245,8 @@ def main() -> None:
     if args.fast_decoder:
         voice["fast_decoder"] = True
     runtime = build_runtime(settings)
+    if args.tts_cache and not kept_keys.exists() and (tmp / "keys.json").exists():
+        shutil.copyfile(tmp / "keys.json", kept_keys)
     services = runtime.voice
     assert services.pool is not None, services.unavailable
     # As a started server: the fixed prompts rendered before the first call (serve does it at start).
