@@ -212,12 +212,18 @@ class StaffDirectory:
 
         return self._run(work)
 
+    @staticmethod
+    def _locked_user(session: Session, username: str) -> StaffUser:
+        """The account row, locked for this transaction; LookupError when there is none."""
+        user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
+        if user is None:
+            raise LookupError(username)
+        return user
+
     def set_active(self, username: str, active: bool, *, actor: str) -> None:
         def work(unit: UnitOfWork) -> None:
             session = unit.session
-            user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
-            if user is None:
-                raise LookupError(username)
+            user = self._locked_user(session, username)
             now = unit.now
             user.active, user.updated_at = active, now
             if not active:
@@ -319,9 +325,7 @@ class StaffDirectory:
 
         def work(unit: UnitOfWork) -> None:
             session = unit.session
-            user = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
-            if user is None:
-                raise LookupError(username)
+            user = self._locked_user(session, username)
             now = unit.now
             was_locked = user.locked_until is not None and user.locked_until > now
             user.failed_logins, user.locked_until, user.updated_at = 0, None, now
