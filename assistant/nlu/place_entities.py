@@ -24,6 +24,24 @@ _NAME_LEADING = ("那个", "这个", "就是", "一个")
 # "家里", "医院里", "三公里": 里 as "inside", not a 里 community.
 _NOT_BEFORE_LI = set("这那哪家心夜屋城村手嘴店院楼区园房间公千万头眼梦")
 _ADDR_JOIN_RE = re.compile(r"[\s的]{0,2}")
+# The head of an address before its community: "翠香街道康宁社区…", "建设路幸福小区…".
+_STREET_SUFFIXES = ("街道", "大道", "镇", "路", "街")
+_STREET_NAME_MAX = 4
+_STREET_BOUNDARY = _NAME_BOUNDARY | set("市区县省道")
+
+
+def _street_before(text: str, start: int) -> int | None:
+    """Where a street, road or town named right before `start` begins, or None."""
+    head = text[:start]
+    for suffix in _STREET_SUFFIXES:
+        if not head.endswith(suffix):
+            continue
+        end = i = start - len(suffix)
+        while i > 0 and end - i < _STREET_NAME_MAX and "\u4e00" <= text[i - 1] <= "\u9fff" \
+                and text[i - 1] not in _STREET_BOUNDARY:
+            i -= 1
+        return i if end - i >= 2 else None
+    return None
 
 
 def _communities(text: str) -> list[tuple[int, int, str]]:
@@ -31,6 +49,10 @@ def _communities(text: str) -> list[tuple[int, int, str]]:
     for m in _COMMUNITY_RE.finditer(text):
         name, suffix = m.group("name"), m.group("suf")
         cut = max((i + 1 for i, c in enumerate(name) if c in _NAME_BOUNDARY), default=0)
+        if 0 < cut < len(name) and name[cut - 1] in "街大" and name[cut] == "道":
+            cut += 1  # "翠香街道康宁社区": 街道 (a sub-district) heads the name, it is not part of it
+        elif (at := name.find("大道")) >= 0 and at + 2 < len(name):
+            cut = max(cut, at + 2)  # "解放大道幸福小区"
         for lead in _NAME_LEADING:
             if name[cut:].startswith(lead):
                 cut += len(lead)
@@ -77,16 +99,21 @@ def address_candidates(text: str) -> list[Candidate]:
         start = m.start() + len(m.group()) - len(m.group().lstrip())
         end = m.start() + len(m.group().rstrip())
         community = None
+        street = None
         for i, (cs, ce, name) in enumerate(communities):
             join = _ADDR_JOIN_RE.match(text, ce)
             if join and join.end() == start:
                 community, start = name, cs
                 used.add(i)
+                if (head := _street_before(text, cs)) is not None:
+                    street, start = text[head:cs], head
         value = "".join(
-            (community or "", f"{building}栋" if building else "", f"{unit}单元" if unit else "",
+            (street or "", community or "", f"{building}栋" if building else "", f"{unit}单元" if unit else "",
              f"{room}室" if room else "")
         )  # fmt: skip
         meta = {"community": community, "building": building, "unit": unit, "room": room}
+        if street:
+            meta["street"] = street
         out.append(candidate("address", value, text, start, end, meta=meta))
     for i, (cs, ce, name) in enumerate(communities):
         if i not in used:
