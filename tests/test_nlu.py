@@ -66,6 +66,7 @@ def test_every_intent(nlu, now, text, intent):
         ("ＡＢＣ１２３", "abc123"),  # full-width → half-width
         ("喂喂喂 那个 我要订饭", "我要订饭"),  # fillers at the start go
         ("13800001111", "13800001111"),  # digits are data: never collapsed
+        ("阿婆想攞個長者證點搞呀", "拿个老年证怎么办"),  # Cantonese: Guangdong's name of the card, 点搞
     ],
 )
 def test_normalizer(raw, expected_part):
