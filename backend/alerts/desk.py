@@ -93,7 +93,7 @@ class AlertDesk:
 
     def run(self, work: Callable[[AlertUnit], T], attempts: int = 5) -> T:
         """`work` in one transaction (backend.infra.tx: audit entries appended last, retried on a unique
-        clash, a deadlock or serialisation failure, a busy SQLite)."""
+        clash, a deadlock or serialisation failure; a busy SQLite is not retried but answered)."""
         return self.runner.run(work, attempts)
 
     def text(self, key: str, **values: Any) -> str:

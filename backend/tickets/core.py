@@ -56,7 +56,8 @@ class TicketCore:
 
     def run(self, work: Callable[[UnitOfWork], T], attempts: int = 5) -> T:
         """`work` in one transaction, audits appended last; what a second try can fix (a unique
-        clash, a Postgres deadlock, a busy SQLite) runs it again from the start (backend.infra.tx)."""
+        clash, a Postgres deadlock or serialisation failure) runs it again from the start
+        (backend.infra.tx; a busy SQLite is not retried, so a saturated store answers in time)."""
         return self._tx.run(work, attempts)
 
     def text(self, key: str, **values: Any) -> str:
