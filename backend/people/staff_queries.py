@@ -204,13 +204,6 @@ class StaffQueries:
                            self._cipher.decrypt(row.address_enc) if revealed else None, revealed)
 
     # --- tickets -----------------------------------------------------------------------------------
-    def ticket_references(self, staff: Staff, *, open_only: bool = False, limit: int = 200) -> list[str]:
-        stmt = select(Ticket.reference).where(self.ticket_scope(staff))
-        if open_only:
-            stmt = stmt.where(Ticket.status.notin_(("closed", "cancelled", "duplicate", "rejected")))
-        with self._sessions() as session:
-            return list(session.scalars(stmt.order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(limit)))
-
     def can_see_ticket(self, staff: Staff, reference: str) -> bool:
         with self._sessions() as session:
             return session.scalar(select(Ticket.id).where(Ticket.reference == reference,
