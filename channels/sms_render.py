@@ -4,11 +4,11 @@ turned back into the words the core understands. What the last SMS offered as di
 channel's own scratch state (`scratch:sms:<sender>`), never the core's session."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from assistant.types import Reply, UserMessage
+from assistant.types import Turn, UserMessage
 from backend.messaging.inbox import InboundSms, keyword
 from channels.scratch import Scratch
 
@@ -39,14 +39,14 @@ def require_responses(domain: Domain) -> None:
     domain.require(RESPONSES)
 
 
-def render_sms(replies: Sequence[Reply], domain: Domain) -> tuple[str, str | None]:
-    """The core's replies as one SMS text (no buttons on feature phones) and what it expects."""
-    expects = replies[-1].expects if replies else None
-    parts = [reply.text for reply in replies
+def render_sms(turn: Turn, domain: Domain) -> str:
+    """The core's turn as one SMS text (no buttons on feature phones: a digit hint instead)."""
+    expects = turn.expects
+    parts = [reply.text for reply in turn.replies
              if not (expects in HINTS and reply.name == "utter_confirm_buttons")]  # the hint replaces it
     if expects in HINTS:
         parts.append(domain.render(HINTS[expects]).text)
-    return "".join(parts), expects
+    return "".join(parts)
 
 
 def answer_word(text: str, expects: str | None, words: Mapping[str, Mapping[str, str]] = DIGIT_WORDS) -> str:
@@ -74,6 +74,6 @@ class SmsConversation:
             sender_id=sms.sender, text=answer_word(text, state.expects), channel=CHANNEL, phone=sms.phone,
             message_id=sms.message_sid, metadata={"num_media": sms.num_media},
         ))
-        rendered, expects = render_sms(turn.replies, self.domain)
-        self.scratch.save(sms.sender, SmsScratch(expects))
+        rendered = render_sms(turn, self.domain)
+        self.scratch.save(sms.sender, SmsScratch(turn.expects))
         return rendered
