@@ -47,6 +47,8 @@ class ParseResult:
     intent: IntentScore
     ranking: tuple[IntentScore, ...] = ()
     entities: tuple[Entity, ...] = ()
+    # For report intents: the work order the text describes (assistant.work_orders.WorkOrder).
+    report: Any = None
 
     def first(self, name: str) -> Entity | None:
         return next((e for e in self.entities if e.entity == name), None)
@@ -60,6 +62,7 @@ class ParseResult:
                 {"name": s.name, "confidence": round(s.confidence, 4)} for s in self.ranking
             ],
             "text_normalized": self.normalized,
+            **({"report": self.report.to_dict()} if self.report is not None else {}),
         }
 
 

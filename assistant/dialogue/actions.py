@@ -14,6 +14,7 @@ from assistant.dialogue.state import ConversationState
 from assistant.ports import ActingForRefused, CaseRequest, HandoffRequest, Person
 from assistant.privacy import mask_text
 from assistant.types import ParseResult
+from assistant.work_orders import summarise
 
 log = logging.getLogger("assistant.dialogue.engine")  # one logger name for the whole policy
 
@@ -37,8 +38,9 @@ class Actions:
                              phone=slots.pop("phone", None))
             submitted_by = state.phone if state.on_behalf else None
         fields = {**slots, "slot_sources": dict(state.slot_sources)}
-        if "age" in state.derived:
-            fields["age"] = state.derived["age"]
+        for key in ("age", "work_order"):
+            if key in state.derived:
+                fields[key] = state.derived[key]
         request = CaseRequest(
             kind=form.kind,
             category=form.name,
@@ -62,6 +64,8 @@ class Actions:
             turn.say("utter_submit_failed", expects="confirm")
             return
         values = {"reference": receipt.reference}
+        if form.kind == "ticket":  # the acknowledgement says what was filed, in one SMS segment at most
+            values["summary"] = summarise(str(state.slots.get("description") or "")) or "报修"
         if receipt.duplicate and receipt.reference:
             turn.say("utter_already_applied", {**values, "title": self.domain.label("category", form.name)},
                      {"reference_spoken": spell_digits(receipt.reference),

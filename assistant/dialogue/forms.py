@@ -16,6 +16,9 @@ from assistant.dialogue.slots import EXTRACTORS, SlotContext, SlotOutcome
 from assistant.dialogue.state import ConversationState
 from assistant.nlu.idcard import age_on
 from assistant.types import ParseResult
+from assistant.work_orders import WorkOrder
+
+DESCRIPTION_CHARS = 500  # config.yml sms.max_text_chars: a whole long SMS is the description
 
 log = logging.getLogger("assistant.dialogue.engine")  # one logger name for the whole policy
 
@@ -48,10 +51,14 @@ class FormFiller:
         elif form_name != "check_progress":
             turn.say("utter_start_form", {"title": title})
         form = self.domain.forms[form_name]
+        report = parse.report if isinstance(parse.report, WorkOrder) else None
         for slot, entity in form.start_fills.items():
-            if parse.first(entity) is not None:
-                state.slots[slot] = parse.normalized[:200]
+            if parse.first(entity) is not None or (report is not None and report.substantive):
+                # Kept as the resident put it, whole (up to an SMS's limit): it is the work order.
+                state.slots[slot] = (parse.text.strip() or parse.normalized)[:DESCRIPTION_CHARS]
                 state.slot_sources[slot] = "user"
+        if report is not None:
+            state.derived["work_order"] = report.to_dict()
         for slot in form.required_slots:
             if slot in state.slots:
                 continue

@@ -14,6 +14,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from assistant.nlu.encoder import SentenceEmbedding
 from assistant.nlu.features import pinyin_analyzer, word_analyzer
 from assistant.types import IntentScore
 
@@ -22,6 +23,7 @@ from assistant.types import IntentScore
 class ClassifierOptions:
     char_ngram_range: tuple[int, int] = (1, 3)
     C: float = 10.0
+    embedding_weight: float = 0.0  # 0: no sentence embeddings (SentenceEmbeddingFeaturizer absent)
 
     @classmethod
     def from_pipeline(cls, pipeline: Sequence[dict[str, Any]]) -> ClassifierOptions:
@@ -31,17 +33,20 @@ class ClassifierOptions:
                 opts["char_ngram_range"] = tuple(component["char_ngram_range"])
             if component.get("name") == "LogisticRegressionIntentClassifier" and "C" in component:
                 opts["C"] = float(component["C"])
+            if component.get("name") == "SentenceEmbeddingFeaturizer":
+                opts["embedding_weight"] = float(component.get("weight", 1.0))
         return cls(**opts)
 
 
 def build_model(options: ClassifierOptions) -> Pipeline:
-    features = FeatureUnion(
-        [
-            ("chars", TfidfVectorizer(analyzer="char", ngram_range=options.char_ngram_range, sublinear_tf=True)),
-            ("pinyin", TfidfVectorizer(analyzer=pinyin_analyzer, sublinear_tf=True)),
-            ("words", TfidfVectorizer(analyzer=word_analyzer, sublinear_tf=True)),
-        ]
-    )
+    blocks: list[tuple[str, Any]] = [
+        ("chars", TfidfVectorizer(analyzer="char", ngram_range=options.char_ngram_range, sublinear_tf=True)),
+        ("pinyin", TfidfVectorizer(analyzer=pinyin_analyzer, sublinear_tf=True)),
+        ("words", TfidfVectorizer(analyzer=word_analyzer, sublinear_tf=True)),
+    ]
+    if options.embedding_weight > 0:
+        blocks.append(("sentence", SentenceEmbedding(options.embedding_weight)))
+    features = FeatureUnion(blocks)
     classifier = LogisticRegression(C=options.C, max_iter=5000, class_weight="balanced")
     return Pipeline([("features", features), ("classifier", classifier)])
 

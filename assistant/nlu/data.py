@@ -20,6 +20,8 @@ class TrainingData:
     synonyms: dict[str, str] = field(default_factory=dict)  # variant → canonical value
     lookups: dict[str, list[str]] = field(default_factory=dict)  # entity → words
     regexes: dict[str, list[str]] = field(default_factory=dict)
+    # (text, area) from intent blocks with Rasa `metadata: {area: …}` (nlu_data/work_orders.yml)
+    areas: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def intents(self) -> list[str]:
@@ -27,6 +29,7 @@ class TrainingData:
 
     def merge(self, other: TrainingData) -> None:
         self.examples.extend(other.examples)
+        self.areas.extend(other.areas)
         self.synonyms.update(other.synonyms)
         for name, words in other.lookups.items():
             self.lookups.setdefault(name, []).extend(words)
@@ -49,7 +52,11 @@ def parse_nlu_yaml(text: str) -> TrainingData:
     data = TrainingData()
     for item in doc.get("nlu") or []:
         if "intent" in item:
-            data.examples.extend((ex, item["intent"]) for ex in _example_lines(item.get("examples")))
+            examples = _example_lines(item.get("examples"))
+            data.examples.extend((ex, item["intent"]) for ex in examples)
+            area = (item.get("metadata") or {}).get("area") if isinstance(item.get("metadata"), dict) else None
+            if area:
+                data.areas.extend((ex, str(area)) for ex in examples)
         elif "synonym" in item:
             for variant in _example_lines(item.get("examples")):
                 data.synonyms[variant] = str(item["synonym"])

@@ -122,9 +122,12 @@ def ngrams(tokens: list[str], low: int, high: int) -> list[str]:
     return grams
 
 
-def pinyin_analyzer(text: str) -> list[str]:
-    return ngrams(pinyin_syllables(text), 1, 3)
+# Cached: the intent model and the area model analyse the same text one after the other.
+@lru_cache(maxsize=256)
+def pinyin_analyzer(text: str) -> tuple[str, ...]:
+    return tuple(ngrams(pinyin_syllables(text), 1, 3))
 
 
-def word_analyzer(text: str) -> list[str]:
-    return [w for w in jieba.lcut(text) if w.strip()]
+@lru_cache(maxsize=256)
+def word_analyzer(text: str) -> tuple[str, ...]:
+    return tuple(w for w in jieba.lcut(text) if w.strip())

@@ -1,6 +1,7 @@
 """The NLU pipeline: normalise → entities → intent → fallback. Returns Rasa-shaped parse results."""
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -27,11 +28,14 @@ from assistant.nlu.entities import extract_entities
 from assistant.nlu.features import load_dictionary
 from assistant.nlu.normalize import Lexicon, Normalizer
 from assistant.types import Entity, IntentScore, ParseResult
+from assistant.work_orders import Taxonomy, describe
 
 log = logging.getLogger(__name__)
 
 FALLBACK_INTENT = "nlu_fallback"
-MODEL_FORMAT = 1  # bump when features change in a way old model files cannot serve
+MODEL_FORMAT = 2  # bump when features change in a way old model files cannot serve
+REPORT_INTENTS = frozenset({"report_issue"})
+AREA_C = 10.0  # the area model: fewer, longer examples than the intents; a softer fit
 _PAYLOAD = re.compile(r"^/(\w+)(\{.*\})?$", re.S)
 
 
@@ -44,6 +48,7 @@ class NLUSettings:
     threshold: float = 0.4
     ambiguity_threshold: float = 0.08
     classifier: ClassifierOptions = ClassifierOptions()
+    taxonomy: Taxonomy | None = None  # work orders (config.yml `tickets`): areas, categories, departments
 
     @classmethod
     def from_config(cls, config: dict[str, Any], root: Path, model_dir: Path) -> NLUSettings:
@@ -60,6 +65,7 @@ class NLUSettings:
             threshold=float(fallback.get("threshold", 0.4)),
             ambiguity_threshold=float(fallback.get("ambiguity_threshold", 0.08)),
             classifier=ClassifierOptions.from_pipeline(pipeline),
+            taxonomy=Taxonomy.from_config(config.get("tickets")) if config.get("tickets") else None,
         )
 
     def fingerprint(self) -> str:
@@ -69,6 +75,8 @@ class NLUSettings:
             digest.update(path.name.encode())
             digest.update(path.read_bytes() if path.exists() else b"")
         digest.update(json.dumps([MODEL_FORMAT, sklearn.__version__, repr(self.classifier)]).encode())
+        if self.taxonomy is not None:  # short reports are labelled with their keyword category's area
+            digest.update(repr((self.taxonomy.areas, self.taxonomy.categories)).encode())
         return digest.hexdigest()[:16]
 
 
@@ -122,11 +130,26 @@ class LookupExtractor:
         return found
 
 
+def area_examples(data: TrainingData, texts: dict[str, str], taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
+    """Training pairs for the area model: the labelled long messages (`metadata: {area: …}`),
+    plus the short community reports labelled by the area of the category their keywords name."""
+    pairs = {texts[text]: area for text, area in data.areas if area in taxonomy.area_by_name}
+    for text, intent in data.examples:
+        if intent in REPORT_INTENTS and texts[text] not in pairs:
+            category = taxonomy.categorise(texts[text])
+            area = taxonomy.area_of(category)
+            if category.keywords and area is not None:
+                pairs[texts[text]] = area.name
+    return list(pairs), list(pairs.values())
+
+
 class NLU:
-    def __init__(self, settings: NLUSettings, classifier: IntentClassifier, data: TrainingData) -> None:
+    def __init__(self, settings: NLUSettings, classifier: IntentClassifier, data: TrainingData,
+                 areas: IntentClassifier | None = None) -> None:
         self.settings = settings
         self.normalizer = Normalizer(Lexicon.load(settings.lexicon_path, settings.dictionary_path))
         self.classifier = classifier
+        self.areas = areas
         self.lookups = LookupExtractor(data.lookups, data.synonyms, self.normalizer)
         self.intents = sorted(set(classifier.labels))
 
@@ -138,9 +161,16 @@ class NLU:
         if not data.examples:
             raise ValueError(f"no training examples under {settings.data_path}")
         normalizer = Normalizer(Lexicon.load(settings.lexicon_path, settings.dictionary_path))
-        texts = [normalizer(text) for text, _ in data.examples]
+        normalized = {text: normalizer(text) for text, _ in data.examples}
+        texts = [normalized[text] for text, _ in data.examples]
         classifier = IntentClassifier.train(texts, [intent for _, intent in data.examples], settings.classifier)
-        return cls(settings, classifier, data)
+        areas = None
+        if settings.taxonomy is not None:
+            area_texts, area_labels = area_examples(data, normalized, settings.taxonomy)
+            if len(set(area_labels)) > 1:
+                options = dataclasses.replace(settings.classifier, C=AREA_C)
+                areas = IntentClassifier.train(area_texts, area_labels, options)
+        return cls(settings, classifier, data, areas)
 
     def model_path(self) -> Path:
         return self.settings.model_dir / f"nlu-{self.settings.fingerprint()}.joblib"
@@ -151,7 +181,7 @@ class NLU:
         # Atomic: another worker starting at the same time never reads half a file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
-        joblib.dump(self.classifier.model, tmp)
+        joblib.dump({"intent": self.classifier.model, "area": self.areas.model if self.areas else None}, tmp)
         os.replace(tmp, path)
         return path
 
@@ -191,7 +221,10 @@ class NLU:
         if not path.exists():
             return None
         try:
-            return cls(settings, IntentClassifier(joblib.load(path)), data)
+            models = joblib.load(path)
+            area = models["area"]
+            return cls(settings, IntentClassifier(models["intent"]), data,
+                       IntentClassifier(area) if area is not None else None)
         except Exception:  # a corrupt or incompatible file is rebuilt, not fatal
             log.warning("model file %s unreadable; retraining", path, exc_info=True)
             return None
@@ -207,7 +240,11 @@ class NLU:
         entities = sorted([*entities, *self.lookups.extract(normalized, taken)], key=lambda e: e.start)
         ranking = self.classifier.rank(normalized) if normalized else []
         intent = self._with_fallback(ranking)
-        return ParseResult(text, normalized, intent, tuple(ranking), tuple(entities))
+        report = None
+        if intent.name in REPORT_INTENTS and self.settings.taxonomy is not None:
+            areas = [(s.name, s.confidence) for s in self.areas.rank(normalized, top=3)] if self.areas else []
+            report = describe(text, normalized, areas, self.settings.taxonomy)
+        return ParseResult(text, normalized, intent, tuple(ranking), tuple(entities), report)
 
     def _with_fallback(self, ranking: list[IntentScore]) -> IntentScore:
         if not ranking:

@@ -46,10 +46,15 @@ def _street_before(text: str, start: int) -> int | None:
 
 def _communities(text: str) -> list[tuple[int, int, str]]:
     found: list[tuple[int, int, str]] = []
-    for m in _COMMUNITY_RE.finditer(text):
+    pos = 0
+    while (m := _COMMUNITY_RE.search(text, pos)) is not None:
+        # A rejected or cut match is searched again one character on: in "住在东苑小区" the first
+        # match is "住在东"+苑 (too short once cut at 在), the right one "东苑"+小区.
+        pos = m.start() + 1
         name, suffix = m.group("name"), m.group("suf")
         cut = max((i + 1 for i, c in enumerate(name) if c in _NAME_BOUNDARY), default=0)
-        if 0 < cut < len(name) and name[cut - 1] in "街大" and name[cut] == "道":
+        before = name[cut - 1] if cut else text[m.start() - 1: m.start()]
+        if cut < len(name) and before and before in "街大" and name[cut] == "道":
             cut += 1  # "翠香街道康宁社区": 街道 (a sub-district) heads the name, it is not part of it
         elif (at := name.find("大道")) >= 0 and at + 2 < len(name):
             cut = max(cut, at + 2)  # "解放大道幸福小区"
@@ -64,7 +69,10 @@ def _communities(text: str) -> list[tuple[int, int, str]]:
         if ext := _COMMUNITY_EXT_RE.match(text, end):
             end = ext.end()
         start = m.start() + cut
+        if found and start < found[-1][1]:
+            continue  # inside a community already found
         found.append((start, end, text[start:end]))
+        pos = end
     return found
 
 

@@ -4,12 +4,14 @@ handed to channels (IncomingMedia, IntakeResult, TicketView)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from assistant.privacy import mask_text
+from assistant.work_orders import Category as Category  # the ticket loop routes by the work-order taxonomy
+from assistant.work_orders import Taxonomy as Taxonomy
 from backend.infra.models import STATUS_LABELS_ZH
 from backend.messaging.sms_texts import DEFAULT_TEXTS
 from backend.tickets.gazetteer import ServiceArea
@@ -40,54 +42,6 @@ MEDIA_ERROR_WORDS = {"host_not_allowed": "链接不可信", "too_large": "照片
 
 class TransitionError(ValueError):
     """The ticket cannot go there from where it is (e.g. resolve a closed ticket)."""
-
-
-@dataclass(frozen=True)
-class Category:
-    code: str
-    name: str
-    keywords: tuple[str, ...]
-    department: str | None
-
-
-class Taxonomy:
-    def __init__(self, categories: Sequence[Category]) -> None:
-        if not categories:
-            raise ValueError("tickets.taxonomy is empty")
-        self.categories = tuple(categories)
-        self._by_code = {c.code: c for c in categories}
-        self.fallback = self._by_code.get("other") or categories[-1]
-
-    @classmethod
-    def from_config(cls, items: Sequence[Mapping[str, Any]] | None) -> Taxonomy:
-        return cls([Category(str(i["code"]), str(i["name"]), tuple(i.get("keywords") or ()), i.get("department"))
-                    for i in items or ()])
-
-    def get(self, code: str | None) -> Category | None:
-        return self._by_code.get(code or "")
-
-    def categorise(self, text: str) -> Category:
-        """The category whose keywords cover most characters of the text; none → fallback.
-
-        Each character counts once, for the longest (then earliest) keyword over it, so in
-        "楼道灯不亮" 楼道灯 (property) wins over the overlapping 灯不亮 (street light)."""
-        hits = sorted(
-            ((-len(k), m.start(), k, c) for c in self.categories for k in c.keywords if k
-             for m in re.finditer(re.escape(k), text)),
-            key=lambda h: (h[0], h[1]),
-        )
-        taken: set[int] = set()
-        scores: dict[str, int] = {}
-        for negative_length, start, _keyword, category in hits:
-            span = set(range(start, start - negative_length))
-            if span & taken:
-                continue
-            taken |= span
-            scores[category.code] = scores.get(category.code, 0) - negative_length
-        if not scores:
-            return self.fallback
-        best = max(scores.values())
-        return next(c for c in self.categories if scores.get(c.code) == best)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from backend.tickets.media import MediaError
 from backend.tickets.model import (
     MEDIA_ERROR_WORDS,
     OPEN_STATUSES,
+    Category,
     public_place,
     shorten,
 )
@@ -97,8 +98,8 @@ class TicketRouting(TicketCore):
             self._notify(unit, ticket, "media_failed", "media_failed", count=len(failed), reason=reason)
 
         if ticket.status == "received":
-            category = self.taxonomy.get(ticket.service_code) or self.taxonomy.categorise(
-                " ".join((description, location_text, ocr_text)))
+            category = self.taxonomy.get(ticket.service_code) or self._understood_category(ticket) \
+                or self.taxonomy.categorise(" ".join((description, location_text, ocr_text)))
             ticket.service_code = category.code
             self.move(unit, ticket, "categorised", "system:categoriser", category.name, notify=False)
 
@@ -122,7 +123,7 @@ class TicketRouting(TicketCore):
 
         category = self.taxonomy.get(ticket.service_code) or self.taxonomy.fallback
         department = self.settings.grid_departments.get(ticket.grid_id or "", {}).get(category.code)
-        department = department or category.department
+        department = department or self.taxonomy.department(category)
         if not department:
             self._notify(unit, ticket, "triage", "triage")
             unit.audit("system", "update", ticket.id, reference=ticket.reference, queue="triage")
@@ -132,6 +133,12 @@ class TicketRouting(TicketCore):
         place = ticket.place or shorten(location_text, 16) or "已记录"
         self._notify(unit, ticket, "routed", "routed", category=category.name, place=place,
                      department=department)
+
+    def _understood_category(self, ticket: Ticket) -> Category | None:
+        """The category the conversation's NLU chose (its area first, then keywords within it)."""
+        fields = self._cipher.decrypt_json(ticket.fields_enc) if ticket.fields_enc else None
+        order = fields.get("work_order") if isinstance(fields, dict) else None
+        return self.taxonomy.get(order.get("category_code")) if isinstance(order, dict) else None
 
     def _locate(self, ticket: Ticket, media: Sequence[TicketMedia], description: str, ocr_text: str) -> bool:
         """EXIF GPS inside the service area, else a place named in the text or in the photos.

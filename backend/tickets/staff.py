@@ -84,7 +84,7 @@ class TicketStaffWorkflow(TicketCore):
 
     def departments(self) -> list[str]:
         """Every department a ticket can be routed to: the taxonomy's and the grids' (config.yml)."""
-        return sorted({c.department for c in self.taxonomy.categories if c.department}
+        return sorted({d for c in self.taxonomy.categories if (d := self.taxonomy.department(c))}
                       | {d for grid in self.settings.grid_departments.values() for d in grid.values()})
 
     def search(self, *, status: Sequence[str] | None = None, department: str | None = None,
