@@ -7,13 +7,13 @@ about, so "明天去南京的火车票" lands near travel, not near 查进度, a
 about unpaid wages lands near other complaints even when it shares few n-grams with them.
 
 One BLAS thread: the package's default of four takes 340–430 ms a sentence on two cores,
-one thread ≈1 ms.
+one thread ≈1.5 ms for a short sentence, ≈8 ms for 170 characters.
 """
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
