@@ -29,6 +29,9 @@ class Area:
     code: str
     name: str
     department: str | None = None
+    # Whether a report here is about a place (a street light, a factory) or not (wages, a
+    # hospital bill): the form then asks "在哪里？请说小区和几栋" or "事情发生在哪里？单位或地址".
+    asks_place: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class WorkOrder:
     department: str | None  # None: staff sort it by hand (人工分拣)
     summary: str  # ≤70 characters, for the SMS acknowledgement and the read-back
     substantive: bool  # the text describes a problem (not just "我要报修")
+    asks_place: bool = True  # its area is about places (see Area.asks_place)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +86,8 @@ class Taxonomy:
             items, area_items = tickets.get("taxonomy") or (), tickets.get("areas")
         if area_items is None:
             area_items = [{"code": code, "name": name} for code, name in DEFAULT_AREAS]
-        areas = [Area(str(a["code"]), str(a["name"]), a.get("department")) for a in area_items]
+        areas = [Area(str(a["code"]), str(a["name"]), a.get("department"), bool(a.get("place", True)))
+                 for a in area_items]
         categories = [Category(str(i["code"]), str(i["name"]), tuple(i.get("keywords") or ()),
                                i.get("department"), str(i.get("area") or FALLBACK_CODE)) for i in items]
         return cls(categories, areas)
@@ -193,4 +198,5 @@ def describe(text: str, normalized: str, areas: Sequence[tuple[str, float]], tax
         department=taxonomy.department(category),
         summary=summarise(text),
         substantive=substantive,
+        asks_place=area.asks_place if area else True,
     )

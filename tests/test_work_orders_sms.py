@@ -56,3 +56,17 @@ def test_an_area_without_a_keyword_category_goes_to_the_areas_department(sms):
     sms.run_jobs()
     ticket = _ticket(sms, reference)
     assert ticket.service_code == "education" and ticket.department == "街道文教科"
+
+
+def test_a_complaint_not_about_a_place_asks_for_a_unit_and_takes_no_for_an_answer(sms):
+    """Unpaid wages happen at an employer, not at "小区几栋": the question says so, and a resident
+    who cannot say still gets the work order filed and routed."""
+    started = "".join(sms.send("我在华兴装饰公司干了八个月，老板拖欠我们十二个工人四万六千多元工资，"
+                               "现在电话也不接了，快过年了房租都交不起，请政府帮帮我们。"))
+    assert "登记" in started and "单位" in started and "小区和几栋" not in started
+    confirm = "".join(sms.send("不清楚"))
+    assert "回复1确认/2不对/0人工" in confirm and "。，" not in confirm
+    reference = reference_in("".join(sms.send("1")))
+    sms.run_jobs()
+    ticket = _ticket(sms, reference)
+    assert ticket.status == "routed" and ticket.department == "街道劳动保障所"

@@ -11,7 +11,7 @@ from assistant.dialogue.render import date_words, group_phone, spell_digits, spe
 from assistant.dialogue.responses import TurnReplies
 from assistant.dialogue.state import ConversationState
 from assistant.types import ParseResult
-from assistant.work_orders import SUMMARY_CHARS, summarise
+from assistant.work_orders import summarise
 
 
 class ReadBack:
@@ -48,8 +48,8 @@ class ReadBack:
                 shown = spoken = date_words(date.fromisoformat(value), today)
             elif kind == "time":
                 shown = spoken = time_words(value)
-            elif kind == "text" and len(shown) > SUMMARY_CHARS:
-                shown = spoken = summarise(shown)  # a long complaint: what it is about
+            elif kind == "text":
+                shown = spoken = summarise(shown)  # a long complaint: what it is about, in one breath
             elif kind in {"meal_time", "meal_mode", "service_type", "relation", "disability_level"}:
                 shown = spoken = self.domain.label(kind, value)
             text[slot], speech[slot] = shown, spoken

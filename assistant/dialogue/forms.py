@@ -46,12 +46,14 @@ class FormFiller:
             if decision is not None and not decision.allowed:
                 return self.actions.refuse_proxy(state, decision.how_to_ask or "", turn)
         title = self.domain.label("category", form_name)
+        report = parse.report if isinstance(parse.report, WorkOrder) else None
         if previous and previous != form_name:
             turn.say("utter_switch_form", {"old": self.domain.label("category", previous), "title": title})
+        elif report is not None and report.substantive and not report.asks_place:
+            turn.say("utter_start_work_order")  # not a repair: "I'll put this on record"
         elif form_name != "check_progress":
             turn.say("utter_start_form", {"title": title})
         form = self.domain.forms[form_name]
-        report = parse.report if isinstance(parse.report, WorkOrder) else None
         for slot, entity in form.start_fills.items():
             if parse.first(entity) is not None or (report is not None and report.substantive):
                 # Kept as the resident put it, whole (up to an SMS's limit): it is the work order.
@@ -209,6 +211,8 @@ class FormFiller:
         names = [f"utter_ask_{state.form}_{slot}", f"utter_ask_{slot}"]
         if slot == "name" and state.on_behalf:
             names.insert(0, "utter_ask_proxy_name")
+        if slot == "location" and not state.derived.get("work_order", {}).get("asks_place", True):
+            names.insert(0, "utter_ask_work_order_location")  # wages, a hospital: a unit or an address
         name = next(n for n in names if self.domain.has(n))
         turn.say(name, expects=slot)
 
