@@ -205,7 +205,7 @@ class StaffConsole:
         return self.runtime.ticket_loop.desk
 
     def tickets(self):
-        views = self.ticket_desk().search(scope=self.queries.ticket_scope(g.staff), limit=200)
+        views = self.ticket_desk().search(scope=self.queries.ticket_scope(g.staff), limit=200, by_deadline=True)
         return self.page("tickets.html", rows=views)
 
     def ticket(self, reference: str):

@@ -19,6 +19,7 @@ from backend.infra.jobs import DbJobQueue, Worker
 from backend.messaging.outbox import Outbox, SmsSender
 from backend.messaging.sms_texts import texts_from_config
 from backend.tickets import LoopSettings, Taxonomy, TicketDesk, media_policy_from_config
+from backend.tickets.deadlines import OVERDUE_JOB
 from backend.tickets.gazetteer import Gazetteer
 from backend.tickets.media import MediaStore
 from backend.tickets.ocr import NoTextReader, RapidTextReader, TextReader
@@ -37,9 +38,11 @@ class TicketLoop:
     clock: Clock
 
     def worker(self, worker_id: str | None = None, extra_handlers: Mapping[str, Any] | None = None) -> Worker:
-        """One worker drains every queue: tickets, the SMS outbox and (extra) care-alert jobs."""
+        """One worker drains every queue: tickets, their deadlines, the SMS outbox and (extra)
+        care-alert jobs."""
+        self.desk.arm_overdue_scan()
         handlers = {"ticket.process": lambda payload: self.desk.process(int(payload["ticket_id"])),
-                    **(extra_handlers or {})}
+                    OVERDUE_JOB: self.desk.escalate_overdue, **(extra_handlers or {})}
         return Worker(self.queue, handlers, tasks=(self.outbox.drain,), worker_id=worker_id)
 
 
@@ -61,7 +64,7 @@ def build_ticket_loop(settings: Settings, sessions: Any, cipher: FieldCipher, cl
     # (a worker killed mid-way). Tunable for deployments, and short in the kill -9 tests.
     outbox = Outbox(sessions, cipher, clock, sender,
                     lease=timedelta(seconds=float(env.get("OUTBOX_LEASE_SECONDS", 120))))
-    desk = TicketDesk(sessions, cipher, clock, outbox, LoopSettings.from_config(config, texts),
+    desk = TicketDesk(sessions, cipher, clock, outbox, LoopSettings.from_config(config, texts, env),
                       Taxonomy.from_config(config.get("tickets")),
                       Gazetteer.from_config(config.get("gazetteer")), media, reader)
     queue = DbJobQueue(sessions, clock, lease=timedelta(seconds=float(env.get("JOB_LEASE_SECONDS", 300))))

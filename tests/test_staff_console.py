@@ -3,12 +3,15 @@ handoff queue and a transcript, a masked resident revealed, the alert countdowns
 go to tests/artifacts/console-*.png."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from browser import ARTIFACTS, chromium, contrast, serving, wait
 from sqlalchemy import select
 from staff_world import PASSWORD, PEOPLE, build_world
 
 from backend.infra.audit_chain import AuditEntry
+from backend.infra.models import Ticket
 from channels.app import create_app
 from channels.staff_console import make_blueprint
 
@@ -104,7 +107,17 @@ def test_console_inchromium(live_console, runtime):
         assert "H-G01" in table and "H-G02" not in table and "剩余 30 分钟" in table
         _check_sizes(browser)
         browser.save_screenshot(str(ARTIFACTS / "console-alerts.png"))
+        # tickets past their deadline are marked and come first (the world's ticket, made overdue)
+        with runtime.db_sessions() as session, session.begin():
+            ticket = session.scalar(select(Ticket).where(Ticket.reference == world.tickets["G01"]))
+            ticket.due_at = runtime.clock() - timedelta(hours=1)
         browser.get(f"{base}/console/tickets")
+        first = browser.find_element(By.CSS_SELECTOR, "#tickets tbody tr")
+        assert world.tickets["G01"] in first.text and "已超期" in first.text
+        assert first.get_attribute("data-due-state") == "overdue"
+        late = browser.find_element(By.CSS_SELECTOR, ".tag.danger")
+        assert contrast(late.value_of_css_property("color"), late.value_of_css_property("background-color")) >= 4.5
+        _check_sizes(browser)
         browser.save_screenshot(str(ARTIFACTS / "console-tickets.png"))
     finally:
         browser.quit()

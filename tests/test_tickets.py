@@ -189,7 +189,7 @@ def test_every_sms_sentence_fits_one_feature_phone_message():
 
     values = dict(ref="31234567", count=3, max=3, category="物业维修", place="幸福里小区12号楼3单元",
                   department="幸福里物业服务中心", original="31234568", reason="照片太大", note="已更换灯泡请放心使用" * 2,
-                  score=5, status="处理中", hotline="02112345678")
+                  score=5, status="处理中", hotline="02112345678", hours=120)
     values["note"] = values["note"][:24]  # what TicketDesk.move passes (_short(note, 24))
     too_long = {k: len(v.format(**values)) for k, v in DEFAULT_TEXTS.items() if len(v.format(**values)) > 70}
     assert too_long == {}

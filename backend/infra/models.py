@@ -206,6 +206,8 @@ class Ticket(CaseColumns, Base):
     awaiting: Mapped[str | None] = mapped_column(String(16))  # "location": a question is out
     intake_until: Mapped[datetime | None]  # photos sent one by one join this report until then
     status_note: Mapped[str | None] = mapped_column(Text)  # public, masked (Open311 status_notes)
+    due_at: Mapped[datetime | None] = mapped_column(index=True)  # category SLA (config.yml tickets.sla_hours)
+    escalated_at: Mapped[datetime | None] = mapped_column()  # the overdue job told the department head
 
 
 class TicketMedia(Base):

@@ -31,6 +31,8 @@ DEFAULT_TEXTS: dict[str, str] = {
     "cancelled": "报修{ref}已取消。",
     "rated": "谢谢您的评价({score}分)，报修{ref}已结束。",
     "rated_low": "抱歉没让您满意({score}分)，报修{ref}已重新派单，工作人员会回访。",
+    # staff: an overdue work order, to its department's head
+    "overdue_head": "超期提醒：工单{ref}（{category}）已超过办理时限{hours}小时，请尽快处理。",
     # keywords
     "opted_out": "已退订，不再给您发通知短信。想恢复请回复“开通”。",
     "opted_in": "已恢复短信通知。退订请回复TD。",

@@ -15,12 +15,13 @@ step looks at what is already stored and every SMS has a dedupe key.
 
 This package's entry point (TicketDesk and the names callers import); the parts live in
 model (vocabulary and typed values), core (plumbing, `move`), intake,
-routing and staff.
+routing, staff and deadlines.
 """
 from __future__ import annotations
 
 from backend.infra.tx import UnitOfWork, WriteGate  # still imported from here by channels and tests
 from backend.tickets.core import TicketCore
+from backend.tickets.deadlines import TicketDeadlines
 from backend.tickets.intake import TicketIntake
 from backend.tickets.model import (
     MEDIA_ERROR_WORDS,
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class TicketDesk(TicketIntake, TicketRouting, TicketStaffWorkflow):
+class TicketDesk(TicketIntake, TicketRouting, TicketStaffWorkflow, TicketDeadlines):
     """The ticket loop's one entry point, composed of its intake (intake), background
-    routing job (routing) and staff workflow (staff) over shared plumbing
-    (core): one store, one clock, one outbox, one transaction runner."""
+    routing job (routing), staff workflow (staff) and deadlines (deadlines) over shared
+    plumbing (core): one store, one clock, one outbox, one transaction runner."""

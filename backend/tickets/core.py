@@ -21,6 +21,7 @@ from backend.messaging.sms_format import segments
 from backend.tickets.gazetteer import Gazetteer, Location
 from backend.tickets.media import MediaStore
 from backend.tickets.model import (
+    OPEN_STATUSES,
     PUBLIC_STEPS,
     TRANSITIONS,
     LoopSettings,
@@ -77,6 +78,14 @@ class TicketCore:
             suffix = f":{i}" if i else ""
             self.outbox.enqueue_in(unit.session, contact, part, f"ticket:{ticket.id}:{dedupe}{suffix}", ticket.id)
 
+    def due_state(self, ticket: Ticket, now: datetime | None = None) -> str | None:
+        """"overdue" / "due_soon" for an open ticket with a deadline, else None."""
+        if ticket.due_at is None or ticket.status not in OPEN_STATUSES:
+            return None
+        now = now or self.now()
+        if ticket.due_at <= now:
+            return "overdue"
+        return "due_soon" if ticket.due_at - now <= self.settings.due_soon else None
 
     def _department_label(self, ticket: Ticket) -> str:
         return ticket.department or self.settings.triage_queue

@@ -3,6 +3,7 @@ transitions, the category taxonomy, the loop's settings from config.yml, and the
 handed to channels (IncomingMedia, IntakeResult, TicketView)."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,12 +56,31 @@ class LoopSettings:
     triage_queue: str = "人工分拣"
     grid_departments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     texts: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEXTS))
+    # Deadlines (时限): hours by category or area code, else the default; "due soon" before that.
+    sla_hours: Mapping[str, float] = field(default_factory=dict)
+    sla_default_hours: float = 72.0
+    due_soon: timedelta = timedelta(hours=2)
+    # Who hears of an overdue ticket by SMS: department → phone (env DEPARTMENT_HEADS, JSON).
+    department_heads: Mapping[str, str] = field(default_factory=dict)
+
+    def deadline(self, category: Category) -> timedelta:
+        hours = self.sla_hours.get(category.code, self.sla_hours.get(category.area, self.sla_default_hours))
+        return timedelta(hours=float(hours))
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], texts: Mapping[str, str]) -> LoopSettings:
+    def from_config(cls, config: Mapping[str, Any], texts: Mapping[str, str],
+                    env: Mapping[str, str] | None = None) -> LoopSettings:
         sms = config.get("sms") or {}
         tickets = config.get("tickets") or {}
+        sla = dict(tickets.get("sla_hours") or {})
+        heads = json.loads((env or {}).get("DEPARTMENT_HEADS") or "{}")
+        if not isinstance(heads, dict):
+            raise ValueError("DEPARTMENT_HEADS must be a JSON object: department → phone")
         return cls(
+            sla_hours={str(k): float(v) for k, v in sla.items() if k != "default"},
+            sla_default_hours=float(sla.get("default", 72)),
+            due_soon=timedelta(hours=float(tickets.get("due_soon_hours", 2))),
+            department_heads={str(k): str(v) for k, v in heads.items()},
             report_window=timedelta(seconds=float(sms.get("report_window_seconds", 120))),
             location_answer=timedelta(hours=float(sms.get("location_answer_hours", 24))),
             max_text_chars=int(sms.get("max_text_chars", 500)),
@@ -120,6 +140,9 @@ class TicketView:
     media: tuple[tuple[str, str], ...]  # (sha256, role) of stored photos
     private: Mapping[str, Any] = field(default_factory=dict)  # description, location, contact …
     events: tuple[tuple[str | None, str, str, datetime], ...] = ()
+    due_at: datetime | None = None
+    due_state: str | None = None  # "overdue" / "due_soon" while open, else None
+    escalated: bool = False
 
 
 def status_label(status: str) -> str:

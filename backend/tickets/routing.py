@@ -101,6 +101,7 @@ class TicketRouting(TicketCore):
             category = self.taxonomy.get(ticket.service_code) or self._understood_category(ticket) \
                 or self.taxonomy.categorise(" ".join((description, location_text, ocr_text)))
             ticket.service_code = category.code
+            ticket.due_at = ticket.created_at + self.settings.deadline(category)  # the category's 时限
             self.move(unit, ticket, "categorised", "system:categoriser", category.name, notify=False)
 
         outside = False

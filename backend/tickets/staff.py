@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from backend.affairs.references import is_valid_reference
 from backend.infra.models import StatusEvent, Ticket, TicketMedia
 from backend.infra.tx import UnitOfWork
 from backend.tickets.core import TicketCore
-from backend.tickets.model import TicketView
+from backend.tickets.model import OPEN_STATUSES, TicketView
 
 
 class TicketStaffWorkflow(TicketCore):
@@ -90,9 +90,11 @@ class TicketStaffWorkflow(TicketCore):
     def search(self, *, status: Sequence[str] | None = None, department: str | None = None,
              service_code: str | None = None, since: datetime | None = None, until: datetime | None = None,
              triage: bool = False, limit: int = 100,
-             scope: ColumnElement[bool] | None = None) -> list[TicketView]:
-        """Newest first. `scope` is the acting staff member's predicate (StaffQueries.ticket_scope),
-        applied in the same query so that the limit counts only what they may see."""
+             scope: ColumnElement[bool] | None = None, by_deadline: bool = False) -> list[TicketView]:
+        """Newest first, or (`by_deadline`) open tickets by their deadline, the most overdue first,
+        then the rest newest first. `scope` is the acting staff member's predicate
+        (StaffQueries.ticket_scope), applied in the same query so that the limit counts only what
+        they may see."""
         with self._sessions() as session:
             query = select(Ticket) if scope is None else select(Ticket).where(scope)
             if status:
@@ -108,7 +110,11 @@ class TicketStaffWorkflow(TicketCore):
             if triage:
                 query = query.where(Ticket.status == "categorised", Ticket.department.is_(None),
                                     Ticket.awaiting.is_(None))
-            rows = session.scalars(query.order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(limit)).all()
+            order = [Ticket.created_at.desc(), Ticket.id.desc()]
+            if by_deadline:
+                open_first = case((Ticket.status.in_(list(OPEN_STATUSES)), 0), else_=1)
+                order = [open_first, Ticket.due_at.is_(None), Ticket.due_at.asc(), *order]
+            rows = session.scalars(query.order_by(*order).limit(limit)).all()
             return [self._view(session, t, private=False) for t in rows]
 
     def _view(self, session: Session, ticket: Ticket, *, private: bool) -> TicketView:
@@ -134,6 +140,7 @@ class TicketStaffWorkflow(TicketCore):
             created_at=ticket.created_at, updated_at=ticket.updated_at, status_note=ticket.status_note,
             rating=ticket.rating, duplicate_of=original.reference if original else None,
             media=tuple((sha, role) for sha, role in media if sha), private=details, events=events,
+            due_at=ticket.due_at, due_state=self.due_state(ticket), escalated=ticket.escalated_at is not None,
         )
 
     def description(self, reference: str) -> str | None:
