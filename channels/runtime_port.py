@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # types only: channels do not import the composition root at 
     from backend.alerts.desk import AlertDesk
     from backend.infra.crypto import FieldCipher
     from backend.messaging.calls import CallLog
+    from backend.people.dashboard import DashboardQueries
     from backend.people.proxy import ProxyService
     from backend.people.staff import StaffDirectory
     from backend.people.staff_queries import StaffQueries
@@ -65,6 +66,7 @@ class StaffPort(Protocol):
 
     directory: StaffDirectory
     queries: StaffQueries
+    dashboard: DashboardQueries
 
 
 class ChannelRuntime(Protocol):

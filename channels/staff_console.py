@@ -38,6 +38,7 @@ from backend.people.staff_queries import (
 )
 from backend.tickets import TransitionError
 from channels.boundary import safe_equal
+from channels.charts import hourly_bars, meter
 from channels.routes import register
 from channels.runtime_port import ChannelRuntime
 
@@ -45,7 +46,7 @@ NAME = "console"
 COOKIE = "console_session"
 LOGIN_COOKIE = "console_login_csrf"
 SECTION_LABELS = {"handoffs": "人工接听", "tickets": "报事工单", "alerts": "关爱告警", "residents": "居民",
-                  "grants": "代办授权"}
+                  "grants": "代办授权", "dashboard": "数据看板"}  # home opens the first one a role has
 TICKET_ACTIONS = {"accept": "受理", "start": "开始处理", "resolve": "办结", "reject": "退回",
                   "reopen": "重新处理", "close": "结束"}
 ALERT_ACTIONS = {"acknowledge": "收到", "visited": "已上门", "close": "关闭告警"}
@@ -69,6 +70,10 @@ ERROR_MESSAGES = {400: "请求有误。", 403: "您没有权限查看这一页�
                   404: "没有找到，或不在您负责的范围内。", 409: "当前状态不能这样操作。"}
 BIGINT = "int(max=9223372036854775807)"  # ids beyond a database integer are 404, not an overflow
 
+
+
+def _percent(share: float | None) -> str:
+    return "—" if share is None else f"{round(share * 100)}%"
 
 
 class StaffConsole:
@@ -170,6 +175,12 @@ class StaffConsole:
             if self.queries.allows(g.staff, name):
                 return redirect(url_for(f"{NAME}.{name}"), 303)
         abort(403)
+
+    # --- dashboard -----------------------------------------------------------------------------------
+    def dashboard(self):
+        board = self.runtime.staff.dashboard.build(g.staff)
+        demand = hourly_bars(board.demand, self.tz, title="最近72小时每小时新增工单和人工请求")
+        return self.page("dashboard.html", board=board, demand=demand, meter=meter, percent=_percent)
 
     # --- handoffs ------------------------------------------------------------------------------------
     def handoffs(self):
@@ -286,6 +297,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str | None]] = [
     ("GET,POST", "/login", StaffConsole.login, None),
     ("POST", "/logout", StaffConsole.logout, None),
     ("GET", "/", StaffConsole.home, None),
+    ("GET", "/dashboard", StaffConsole.dashboard, "dashboard"),
     ("GET", "/handoffs", StaffConsole.handoffs, "handoffs"),
     ("GET", "/handoffs/<reference>", StaffConsole.handoff, "handoffs"),
     ("POST", "/handoffs/<reference>/<action>", StaffConsole.handoff_action, "handoffs"),

@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -30,6 +30,7 @@ from backend.infra.private_files import secure_data_dir
 from backend.infra.sessions import make_session_store
 from backend.messaging.calls import CallLog
 from backend.messaging.outbox import Outbox
+from backend.people.dashboard import DashboardQueries
 from backend.people.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
 from backend.people.staff import StaffDirectory, StaffPolicy
 from backend.people.staff_queries import StaffQueries
@@ -158,11 +159,15 @@ class StaffServices:
 
     directory: StaffDirectory
     queries: StaffQueries
+    dashboard: DashboardQueries
 
 
 def build_staff_services(settings: Settings, sessions: Any, cipher: Any, clock: Any) -> StaffServices:
     policy = StaffPolicy.from_config(settings.config)
-    return StaffServices(StaffDirectory(sessions, cipher, clock, policy), StaffQueries(sessions, cipher, clock, policy))
+    queries = StaffQueries(sessions, cipher, clock, policy)
+    due_soon = timedelta(hours=float((settings.config.get("tickets") or {}).get("due_soon_hours", 2)))
+    return StaffServices(StaffDirectory(sessions, cipher, clock, policy), queries,
+                         DashboardQueries(queries, sessions, settings.timezone, due_soon))
 
 
 def make_clock(settings: Settings) -> Callable[[], datetime]:

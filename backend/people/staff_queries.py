@@ -38,11 +38,11 @@ T = TypeVar("T")
 
 # Which console sections each role has at all (the navigation, and a 403 before any query).
 SECTIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({"handoffs", "tickets", "alerts", "residents", "grants"}),
-    "grid_worker": frozenset({"tickets", "alerts", "residents", "grants"}),
-    "social_worker": frozenset({"alerts", "residents", "grants"}),
-    "department_handler": frozenset({"tickets"}),
-    "agent": frozenset({"handoffs"}),
+    "admin": frozenset({"dashboard", "handoffs", "tickets", "alerts", "residents", "grants"}),
+    "grid_worker": frozenset({"dashboard", "tickets", "alerts", "residents", "grants"}),
+    "social_worker": frozenset({"dashboard", "alerts", "residents", "grants"}),
+    "department_handler": frozenset({"dashboard", "tickets"}),
+    "agent": frozenset({"dashboard", "handoffs"}),
 }
 REVEAL_FIELDS = ("name", "phone", "id_number")
 
