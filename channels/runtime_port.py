@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # types only: channels do not import the composition root at 
     from backend.infra.crypto import FieldCipher
     from backend.messaging.calls import CallLog
     from backend.people.dashboard import DashboardQueries
+    from backend.people.exports import Exports
     from backend.people.proxy import ProxyService
     from backend.people.staff import StaffDirectory
     from backend.people.staff_queries import StaffQueries
@@ -67,6 +68,7 @@ class StaffPort(Protocol):
     directory: StaffDirectory
     queries: StaffQueries
     dashboard: DashboardQueries
+    exports: Exports
 
 
 class ChannelRuntime(Protocol):

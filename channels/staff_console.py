@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from backend.infra.models import STATUS_LABELS_ZH
+from backend.people.exports import KINDS, ExportFilter
 from backend.people.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
 from backend.people.staff_queries import (
     SECTIONS,
@@ -70,6 +71,10 @@ ERROR_MESSAGES = {400: "请求有误。", 403: "您没有权限查看这一页�
                   404: "没有找到，或不在您负责的范围内。", 409: "当前状态不能这样操作。"}
 BIGINT = "int(max=9223372036854775807)"  # ids beyond a database integer are 404, not an overflow
 
+
+
+EXPORT_LABELS = {"tickets": "工单", "alerts": "关爱告警"}
+EXPORT_TYPES = {"csv": "text/csv", "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
 
 
 def _percent(share: float | None) -> str:
@@ -180,7 +185,37 @@ class StaffConsole:
     def dashboard(self):
         board = self.runtime.staff.dashboard.build(g.staff)
         demand = hourly_bars(board.demand, self.tz, title="最近72小时每小时新增工单和人工请求")
-        return self.page("dashboard.html", board=board, demand=demand, meter=meter, percent=_percent)
+        kinds = [(k, EXPORT_LABELS[k]) for k, section in KINDS.items() if self.queries.allows(g.staff, section)]
+        today = self.directory.now().astimezone(self.tz).date()
+        return self.page("dashboard.html", board=board, demand=demand, meter=meter, percent=_percent,
+                         export_kinds=kinds, export_since=today - timedelta(days=6), export_until=today,
+                         categories=self.runtime.staff.exports.taxonomy.categories)
+
+    def export(self):
+        """CSV or Excel of tickets or alerts in the staff member's scope; masked unless their role
+        may take personal data in clear; always an audit entry (backend.people.exports)."""
+        kind, fmt = request.args.get("kind", "tickets"), request.args.get("format", "csv")
+        if kind not in KINDS or fmt not in EXPORT_TYPES:
+            abort(400)
+        if not self.queries.allows(g.staff, KINDS[kind]):
+            abort(403)
+        today = self.directory.now().astimezone(self.tz).date()
+        try:
+            since = date.fromisoformat(request.args.get("since") or (today - timedelta(days=6)).isoformat())
+            until = date.fromisoformat(request.args.get("until") or today.isoformat())
+        except ValueError:
+            abort(400)
+        if until < since or (until - since).days > 366:
+            abort(400)
+        start = datetime.combine(since, time.min, self.tz)
+        end = datetime.combine(until, time.max, self.tz)
+        filters = ExportFilter(start, end, (request.args.get("grid") or "").strip()[:32] or None,
+                               (request.args.get("category") or "").strip()[:32] or None)
+        table = self.runtime.staff.exports.build(g.staff, kind, filters)
+        body = table.csv() if fmt == "csv" else table.xlsx()
+        response = Response(body, mimetype=EXPORT_TYPES[fmt])
+        response.headers["Content-Disposition"] = f'attachment; filename="{kind}-{since}-{until}.{fmt}"'
+        return response
 
     # --- handoffs ------------------------------------------------------------------------------------
     def handoffs(self):
@@ -298,6 +333,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str | None]] = [
     ("POST", "/logout", StaffConsole.logout, None),
     ("GET", "/", StaffConsole.home, None),
     ("GET", "/dashboard", StaffConsole.dashboard, "dashboard"),
+    ("GET", "/export", StaffConsole.export, "dashboard"),  # and the section of what is exported
     ("GET", "/handoffs", StaffConsole.handoffs, "handoffs"),
     ("GET", "/handoffs/<reference>", StaffConsole.handoff, "handoffs"),
     ("POST", "/handoffs/<reference>/<action>", StaffConsole.handoff_action, "handoffs"),

@@ -22,6 +22,7 @@ from assistant.dialogue.domain import Domain
 from assistant.dialogue.engine import DialogueEngine
 from assistant.nlu.pipeline import NLU, BackgroundNLU, NLUSettings
 from assistant.ports import Clock, SessionStore
+from assistant.work_orders import Taxonomy
 from backend.affairs import StoreBackend
 from backend.infra import audit, db
 from backend.infra.crypto import FieldCipher
@@ -31,6 +32,7 @@ from backend.infra.sessions import make_session_store
 from backend.messaging.calls import CallLog
 from backend.messaging.outbox import Outbox
 from backend.people.dashboard import DashboardQueries
+from backend.people.exports import Exports
 from backend.people.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
 from backend.people.staff import StaffDirectory, StaffPolicy
 from backend.people.staff_queries import StaffQueries
@@ -160,14 +162,17 @@ class StaffServices:
     directory: StaffDirectory
     queries: StaffQueries
     dashboard: DashboardQueries
+    exports: Exports
 
 
 def build_staff_services(settings: Settings, sessions: Any, cipher: Any, clock: Any) -> StaffServices:
     policy = StaffPolicy.from_config(settings.config)
     queries = StaffQueries(sessions, cipher, clock, policy)
-    due_soon = timedelta(hours=float((settings.config.get("tickets") or {}).get("due_soon_hours", 2)))
+    tickets = settings.config.get("tickets") or {}
+    due_soon = timedelta(hours=float(tickets.get("due_soon_hours", 2)))
     return StaffServices(StaffDirectory(sessions, cipher, clock, policy), queries,
-                         DashboardQueries(queries, sessions, settings.timezone, due_soon))
+                         DashboardQueries(queries, sessions, settings.timezone, due_soon),
+                         Exports(queries, sessions, cipher, Taxonomy.from_config(tickets), settings.timezone, clock))
 
 
 def make_clock(settings: Settings) -> Callable[[], datetime]:

@@ -133,3 +133,75 @@ def test_dashboard_page_in_chromium(runtime, seeded):
             browser.save_screenshot(str(ARTIFACTS / "console-dashboard-agent.png"))
         finally:
             browser.quit()
+
+
+# --- exports ---------------------------------------------------------------------------------------
+def _export(client, **args) -> tuple[int, bytes, str]:
+    response = client.get("/console/export", query_string=args)
+    return response.status_code, response.get_data(), response.headers.get("Content-Type", "")
+
+
+def _rows(body: bytes) -> list[list[str]]:
+    import csv
+    import io
+
+    assert body.startswith(b"\xef\xbb\xbf")  # BOM: Excel opens UTF-8 Chinese correctly
+    return list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
+
+
+def test_exports_are_scoped_masked_and_audited(runtime, seeded):
+    from sqlalchemy import select
+    from staff_world import login
+
+    from backend.infra.audit_chain import AuditEntry
+
+    app = create_app(runtime)
+    grid = app.test_client()
+    login(grid, "grida")
+    status, body, kind = _export(grid, kind="tickets", format="csv", since="2026-11-23", until="2026-11-25")
+    rows = _rows(body)
+    assert status == 200 and kind.startswith("text/csv")
+    assert rows[0][:3] == ["编号", "受理时间", "一级分类"] and len(rows) == 1 + 6  # G01's six tickets this week
+    world_row = next(r for r in rows if r[0] == seeded.tickets["G01"])
+    assert world_row[10] == "137****1111" and "13700001111" not in body.decode("utf-8-sig")
+    today_only = _rows(_export(grid, kind="tickets", format="csv", since="2026-11-25", until="2026-11-25")[1])
+    assert len(today_only) == 1 + 5
+    assert _export(grid, kind="tickets", format="csv", grid="G02")[0] == 200
+    assert len(_rows(_export(grid, kind="tickets", format="csv", grid="G02")[1])) == 1  # not their grid: no rows
+
+    admin = app.test_client()
+    login(admin, "admin")
+    status, body, kind = _export(admin, kind="tickets", format="xlsx", since="2026-11-25", until="2026-11-25")
+    from io import BytesIO
+
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(BytesIO(body)).active
+    values = [[c.value for c in row] for row in sheet.iter_rows()]
+    assert status == 200 and "spreadsheetml" in kind and len(values) == 1 + 6
+    assert "13700001111" in [v[10] for v in values]  # the admin takes contacts in clear
+    alerts = _rows(_export(admin, kind="alerts", format="csv", since="2026-11-25", until="2026-11-25")[1])
+    assert len(alerts) == 1 + 3 and {r[0] for r in alerts[1:]} == {"H-G01", "H-G02"}
+
+    with runtime.db_sessions() as session:
+        entries = session.scalars(select(AuditEntry).where(AuditEntry.action == "export")).all()
+    by_actor = [(e.actor, e.entity_type, '"clear":true' in e.detail) for e in entries]
+    assert by_actor.count(("staff:grida", "tickets", False)) == 4
+    assert ("staff:admin", "tickets", True) in by_actor and ("staff:admin", "alerts", True) in by_actor
+
+
+def test_exports_refuse_what_the_role_may_not_see_and_bad_input(runtime, seeded):
+    from staff_world import login
+
+    app = create_app(runtime)
+    agent = app.test_client()
+    login(agent, "agent")
+    assert _export(agent, kind="tickets", format="csv")[0] == 403
+    water = app.test_client()
+    login(water, "water")
+    assert _export(water, kind="alerts", format="csv")[0] == 403
+    assert _export(water, kind="tickets", format="pdf")[0] == 400
+    assert _export(water, kind="tickets", format="csv", since="2026-13-01")[0] == 400
+    assert _export(water, kind="tickets", format="csv", since="2026-11-25", until="2026-11-01")[0] == 400
+    rows = _rows(_export(water, kind="tickets", format="csv", since="2026-11-25", until="2026-11-25")[1])
+    assert len(rows) == 2 and rows[1][6] == "水务"
