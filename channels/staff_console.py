@@ -37,9 +37,10 @@ from backend.people.staff_queries import (
     handed_over_in_silence,
     transcript_lines,
 )
-from backend.tickets import TransitionError
+from backend.tickets import OPEN_STATUSES, TransitionError
 from channels.boundary import safe_equal
-from channels.charts import hourly_bars, meter
+from channels.charts import MapPin, hourly_bars, meter, work_order_map
+from channels.open311 import media_links
 from channels.routes import register
 from channels.runtime_port import ChannelRuntime
 
@@ -47,7 +48,7 @@ NAME = "console"
 COOKIE = "console_session"
 LOGIN_COOKIE = "console_login_csrf"
 SECTION_LABELS = {"handoffs": "人工接听", "tickets": "报事工单", "alerts": "关爱告警", "residents": "居民",
-                  "grants": "代办授权", "dashboard": "数据看板"}  # home opens the first one a role has
+                  "grants": "代办授权", "dashboard": "数据看板", "map": "工单地图"}  # home opens the first one a role has
 TICKET_ACTIONS = {"accept": "受理", "start": "开始处理", "resolve": "办结", "reject": "退回",
                   "reopen": "重新处理", "close": "结束"}
 ALERT_ACTIONS = {"acknowledge": "收到", "visited": "已上门", "close": "关闭告警"}
@@ -93,6 +94,7 @@ class StaffConsole:
         self.slot_labels = {name: spec.label for name, spec in self.domain.slots.items()}
         # Production sits behind HTTPS; plain-HTTP loopback (development, tests) would drop Secure cookies.
         self.secure_cookie = runtime.settings.env.get("APP_ENV") == "production"
+        self.media_links = media_links(runtime)  # photos only through signed, expiring links
 
     # --- plumbing ------------------------------------------------------------------------------------
     def page(self, template: str, status: int = 200, **values: Any):
@@ -254,13 +256,28 @@ class StaffConsole:
         views = self.ticket_desk().search(scope=self.queries.ticket_scope(g.staff), limit=200, by_deadline=True)
         return self.page("tickets.html", rows=views)
 
+    def map(self):
+        """Open and recent tickets with coordinates, over the gazetteer's communities and roads."""
+        desk = self.ticket_desk()
+        views = desk.search(scope=self.queries.ticket_scope(g.staff), limit=500, by_deadline=True)
+        pins = [MapPin(v.reference, v.latitude, v.longitude, v.category_name,
+                       "overdue" if v.due_state == "overdue" else "open" if v.status in OPEN_STATUSES else "done")
+                for v in views if v.latitude is not None and v.longitude is not None]
+        area = desk.settings.service_area
+        bbox = (area.min_lat, area.max_lat, area.min_lon, area.max_lon) if area else None
+        drawing = work_order_map(desk.gazetteer.places, pins, bbox,
+                                 lambda ref: url_for(f"{NAME}.ticket", reference=ref))
+        return self.page("map.html", drawing=drawing, pins=pins, unplaced=len(views) - len(pins))
+
     def ticket(self, reference: str):
         if not self.queries.can_see_ticket(g.staff, reference):
             abort(404)
         view = self.ticket_desk().view(reference, actor=g.staff.actor)  # audited read with the private fields
         if view is None:
             abort(404)
-        return self.page("ticket.html", ticket=view, actions=TICKET_ACTIONS)
+        media = self.ticket_desk().media
+        photos = [self.media_links.path(path.name) for sha, _ in view.media if (path := media.find(sha))]
+        return self.page("ticket.html", ticket=view, actions=TICKET_ACTIONS, photos=photos)
 
     def ticket_action(self, reference: str):
         action, note = request.form.get("action", ""), (request.form.get("note") or "").strip()[:500] or None
@@ -338,6 +355,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str | None]] = [
     ("GET", "/handoffs/<reference>", StaffConsole.handoff, "handoffs"),
     ("POST", "/handoffs/<reference>/<action>", StaffConsole.handoff_action, "handoffs"),
     ("GET", "/tickets", StaffConsole.tickets, "tickets"),
+    ("GET", "/map", StaffConsole.map, "map"),
     ("GET", "/tickets/<reference>", StaffConsole.ticket, "tickets"),
     ("POST", "/tickets/<reference>/act", StaffConsole.ticket_action, "tickets"),
     ("GET", "/alerts", StaffConsole.alerts, "alerts"),

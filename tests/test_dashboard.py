@@ -205,3 +205,49 @@ def test_exports_refuse_what_the_role_may_not_see_and_bad_input(runtime, seeded)
     assert _export(water, kind="tickets", format="csv", since="2026-11-25", until="2026-11-01")[0] == 400
     rows = _rows(_export(water, kind="tickets", format="csv", since="2026-11-25", until="2026-11-25")[1])
     assert len(rows) == 2 and rows[1][6] == "水务"
+
+
+# --- the map and photos ----------------------------------------------------------------------------
+def test_map_pins_and_photo_thumbnails_in_chromium(runtime, seeded, clock):
+    from fixtures.twilio_world import jpeg
+    from selenium.webdriver.common.by import By
+    from sqlalchemy import select
+
+    from backend.infra.models import TicketMedia
+
+    desk = runtime.ticket_loop.desk
+    stored = desk.media.ingest(jpeg("red", gps=(39.9151, 116.4039)))
+    with runtime.db_sessions() as session, session.begin():
+        tickets = session.scalars(select(Ticket).where(Ticket.grid_id == "G01").order_by(Ticket.id)).all()
+        world = next(t for t in tickets if t.reference == seeded.tickets["G01"])
+        world.latitude, world.longitude, world.place = stored.gps[0], stored.gps[1], "阳光小区附近"
+        world.due_at = clock() - timedelta(minutes=5)  # overdue: a red pin
+        done = next(t for t in tickets if t.status == "resolved")
+        done.latitude, done.longitude = 39.9202, 116.4101
+        session.add(TicketMedia(ticket_id=world.id, position=0, role="report", state="stored", sha256=stored.sha256,
+                                content_type=stored.content_type, size=stored.size, latitude=stored.gps[0],
+                                longitude=stored.gps[1], created_at=clock(), updated_at=clock()))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serving(create_app(runtime)) as base:
+        browser = chromium()
+        try:
+            _login(browser, base, "grida")
+            wait(browser, 10, lambda b: "/console/tickets" in b.current_url)
+            browser.get(f"{base}/console/map")
+            pins = {p.get_attribute("data-reference"): p.get_attribute("data-state")
+                    for p in browser.find_elements(By.CSS_SELECTOR, "#map a.pin")}
+            assert pins == {world.reference: "overdue", done.reference: "done"}
+            places = browser.find_element(By.ID, "map").text
+            assert "阳光小区（G01）" in places and "建设路（G01）" in places
+            assert "另有 4 件工单没有坐标" in browser.find_element(By.TAG_NAME, "body").text
+            _check_sizes(browser)
+            browser.save_screenshot(str(ARTIFACTS / "console-map.png"))
+            # The pin opens the ticket, whose photo is shown through a signed, expiring link.
+            browser.get(f"{base}/console/tickets/{world.reference}")
+            image = browser.find_element(By.CSS_SELECTOR, "#photos img")
+            wait(browser, 10, lambda b: b.execute_script("return arguments[0].naturalWidth", image) > 0)
+            assert "/open311/media/" in image.get_attribute("src") and "sig=" in image.get_attribute("src")
+            _check_sizes(browser)
+            browser.save_screenshot(str(ARTIFACTS / "console-ticket-photo.png"))
+        finally:
+            browser.quit()

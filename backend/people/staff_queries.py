@@ -38,10 +38,10 @@ T = TypeVar("T")
 
 # Which console sections each role has at all (the navigation, and a 403 before any query).
 SECTIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({"dashboard", "handoffs", "tickets", "alerts", "residents", "grants"}),
-    "grid_worker": frozenset({"dashboard", "tickets", "alerts", "residents", "grants"}),
+    "admin": frozenset({"dashboard", "map", "handoffs", "tickets", "alerts", "residents", "grants"}),
+    "grid_worker": frozenset({"dashboard", "map", "tickets", "alerts", "residents", "grants"}),
     "social_worker": frozenset({"dashboard", "alerts", "residents", "grants"}),
-    "department_handler": frozenset({"dashboard", "tickets"}),
+    "department_handler": frozenset({"dashboard", "map", "tickets"}),
     "agent": frozenset({"dashboard", "handoffs"}),
 }
 REVEAL_FIELDS = ("name", "phone", "id_number")
