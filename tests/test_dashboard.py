@@ -3,6 +3,7 @@ Python and in a real Chromium (large type, contrast, a screenshot per page), and
 demand chart drawn server-side as SVG."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -66,6 +67,20 @@ def seeded(runtime, clock):
     return world
 
 
+@contextmanager
+def _console_as(runtime, username: str, lands_on: str):
+    """A real Chromium logged in to a served console as `username` (landing on `lands_on`)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serving(create_app(runtime)) as base:
+        browser = chromium()
+        try:
+            _login(browser, base, username)
+            wait(browser, 10, lambda b: lands_on in b.current_url)
+            yield browser, base
+        finally:
+            browser.quit()
+
+
 def _board(runtime, username: str):
     staff = runtime.staff.directory.authenticate(username, PASSWORD, "127.0.0.1").staff
     return runtime.staff.dashboard.build(staff)
@@ -101,38 +116,31 @@ def test_each_role_sees_its_own_scope(runtime, seeded):
 def test_dashboard_page_in_chromium(runtime, seeded):
     from selenium.webdriver.common.by import By
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with serving(create_app(runtime)) as base:
-        browser = chromium()
-        try:
-            _login(browser, base, "grida")
-            wait(browser, 10, lambda b: "/console/tickets" in b.current_url)
-            browser.get(f"{base}/console/dashboard")
-            text = {key: browser.find_element(By.ID, key).text for key in
-                    ("today-new", "today-done", "today-done-rate", "today-on-time", "today-satisfaction",
-                     "today-reopened", "week-new", "overdue", "due-soon", "today-alerts", "today-call")}
-            assert text["today-new"] == "5" and text["today-done"] == "2" and text["week-new"] == "6"
-            assert text["today-done-rate"].startswith("40%") and text["today-on-time"].startswith("50%")
-            assert text["today-satisfaction"].startswith("50%") and text["today-reopened"] == "1 / 1"
-            assert (text["overdue"], text["due-soon"]) == ("1", "1")
-            assert text["today-alerts"] == "2 起，已处理 1 起" and "中位 10.0 分钟" in text["today-call"]
-            chart = browser.find_element(By.CSS_SELECTOR, "#demand svg.chart")
-            assert chart.get_attribute("role") == "img" and len(chart.find_elements(By.TAG_NAME, "rect")) >= 72
-            assert not browser.find_elements(By.ID, "handoff-figures")
-            _check_sizes(browser)
-            browser.save_screenshot(str(ARTIFACTS / "console-dashboard-grid.png"))
-            browser.find_element(By.XPATH, "//button[text()='退出登录']").click()
-            wait(browser, 10, lambda b: b.current_url.endswith("/console/login"))
-            _login(browser, base, "agent")
-            wait(browser, 10, lambda b: b.current_url.endswith("/console/handoffs"))
-            browser.get(f"{base}/console/dashboard")
-            assert browser.find_element(By.ID, "handoffs-waiting").text == "2"
-            assert browser.find_element(By.ID, "median-wait").text == "10.0"
-            assert not browser.find_elements(By.ID, "today-new")
-            _check_sizes(browser)
-            browser.save_screenshot(str(ARTIFACTS / "console-dashboard-agent.png"))
-        finally:
-            browser.quit()
+    with _console_as(runtime, "grida", "/console/tickets") as (browser, base):
+        browser.get(f"{base}/console/dashboard")
+        text = {key: browser.find_element(By.ID, key).text for key in
+                ("today-new", "today-done", "today-done-rate", "today-on-time", "today-satisfaction",
+                 "today-reopened", "week-new", "overdue", "due-soon", "today-alerts", "today-call")}
+        assert text["today-new"] == "5" and text["today-done"] == "2" and text["week-new"] == "6"
+        assert text["today-done-rate"].startswith("40%") and text["today-on-time"].startswith("50%")
+        assert text["today-satisfaction"].startswith("50%") and text["today-reopened"] == "1 / 1"
+        assert (text["overdue"], text["due-soon"]) == ("1", "1")
+        assert text["today-alerts"] == "2 起，已处理 1 起" and "中位 10.0 分钟" in text["today-call"]
+        chart = browser.find_element(By.CSS_SELECTOR, "#demand svg.chart")
+        assert chart.get_attribute("role") == "img" and len(chart.find_elements(By.TAG_NAME, "rect")) >= 72
+        assert not browser.find_elements(By.ID, "handoff-figures")
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-dashboard-grid.png"))
+        browser.find_element(By.XPATH, "//button[text()='退出登录']").click()
+        wait(browser, 10, lambda b: b.current_url.endswith("/console/login"))
+        _login(browser, base, "agent")
+        wait(browser, 10, lambda b: b.current_url.endswith("/console/handoffs"))
+        browser.get(f"{base}/console/dashboard")
+        assert browser.find_element(By.ID, "handoffs-waiting").text == "2"
+        assert browser.find_element(By.ID, "median-wait").text == "10.0"
+        assert not browser.find_elements(By.ID, "today-new")
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-dashboard-agent.png"))
 
 
 # --- exports ---------------------------------------------------------------------------------------
@@ -227,27 +235,20 @@ def test_map_pins_and_photo_thumbnails_in_chromium(runtime, seeded, clock):
         session.add(TicketMedia(ticket_id=world.id, position=0, role="report", state="stored", sha256=stored.sha256,
                                 content_type=stored.content_type, size=stored.size, latitude=stored.gps[0],
                                 longitude=stored.gps[1], created_at=clock(), updated_at=clock()))
-    ARTIFACTS.mkdir(exist_ok=True)
-    with serving(create_app(runtime)) as base:
-        browser = chromium()
-        try:
-            _login(browser, base, "grida")
-            wait(browser, 10, lambda b: "/console/tickets" in b.current_url)
-            browser.get(f"{base}/console/map")
-            pins = {p.get_attribute("data-reference"): p.get_attribute("data-state")
-                    for p in browser.find_elements(By.CSS_SELECTOR, "#map a.pin")}
-            assert pins == {world.reference: "overdue", done.reference: "done"}
-            places = browser.find_element(By.ID, "map").text
-            assert "阳光小区（G01）" in places and "建设路（G01）" in places
-            assert "另有 4 件工单没有坐标" in browser.find_element(By.TAG_NAME, "body").text
-            _check_sizes(browser)
-            browser.save_screenshot(str(ARTIFACTS / "console-map.png"))
-            # The pin opens the ticket, whose photo is shown through a signed, expiring link.
-            browser.get(f"{base}/console/tickets/{world.reference}")
-            image = browser.find_element(By.CSS_SELECTOR, "#photos img")
-            wait(browser, 10, lambda b: b.execute_script("return arguments[0].naturalWidth", image) > 0)
-            assert "/open311/media/" in image.get_attribute("src") and "sig=" in image.get_attribute("src")
-            _check_sizes(browser)
-            browser.save_screenshot(str(ARTIFACTS / "console-ticket-photo.png"))
-        finally:
-            browser.quit()
+    with _console_as(runtime, "grida", "/console/tickets") as (browser, base):
+        browser.get(f"{base}/console/map")
+        pins = {p.get_attribute("data-reference"): p.get_attribute("data-state")
+                for p in browser.find_elements(By.CSS_SELECTOR, "#map a.pin")}
+        assert pins == {world.reference: "overdue", done.reference: "done"}
+        places = browser.find_element(By.ID, "map").text
+        assert "阳光小区（G01）" in places and "建设路（G01）" in places
+        assert "另有 4 件工单没有坐标" in browser.find_element(By.TAG_NAME, "body").text
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-map.png"))
+        # The pin opens the ticket, whose photo is shown through a signed, expiring link.
+        browser.get(f"{base}/console/tickets/{world.reference}")
+        image = browser.find_element(By.CSS_SELECTOR, "#photos img")
+        wait(browser, 10, lambda b: b.execute_script("return arguments[0].naturalWidth", image) > 0)
+        assert "/open311/media/" in image.get_attribute("src") and "sig=" in image.get_attribute("src")
+        _check_sizes(browser)
+        browser.save_screenshot(str(ARTIFACTS / "console-ticket-photo.png"))
