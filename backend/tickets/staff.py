@@ -115,13 +115,32 @@ class TicketStaffWorkflow(TicketCore):
                 open_first = case((Ticket.status.in_(list(OPEN_STATUSES)), 0), else_=1)
                 order = [open_first, Ticket.due_at.is_(None), Ticket.due_at.asc(), *order]
             rows = session.scalars(query.order_by(*order).limit(limit)).all()
-            return [self._view(session, t, private=False) for t in rows]
+            # Photos and originals of the whole page in two queries, not two per row.
+            media = self._media_of(session, [t.id for t in rows])
+            wanted = sorted({t.duplicate_of_id for t in rows if t.duplicate_of_id})
+            originals = {i: ref for i, ref in session.execute(
+                select(Ticket.id, Ticket.reference).where(Ticket.id.in_(wanted)))} if wanted else {}
+            return [self._view(session, t, private=False, media=media.get(t.id, ()),
+                               original=originals.get(t.duplicate_of_id or 0)) for t in rows]
 
-    def _view(self, session: Session, ticket: Ticket, *, private: bool) -> TicketView:
-        media = session.execute(select(TicketMedia.sha256, TicketMedia.role)
-                                .where(TicketMedia.ticket_id == ticket.id, TicketMedia.state == "stored")
-                                .order_by(TicketMedia.position)).all()
-        original = session.get(Ticket, ticket.duplicate_of_id) if ticket.duplicate_of_id else None
+    @staticmethod
+    def _media_of(session: Session, ids: Sequence[int]) -> dict[int, tuple[tuple[str, str], ...]]:
+        found: dict[int, list[tuple[str, str]]] = {}
+        if ids:
+            for ticket_id, sha, role in session.execute(
+                    select(TicketMedia.ticket_id, TicketMedia.sha256, TicketMedia.role)
+                    .where(TicketMedia.ticket_id.in_(list(ids)), TicketMedia.state == "stored")
+                    .order_by(TicketMedia.ticket_id, TicketMedia.position)):
+                if sha:
+                    found.setdefault(ticket_id, []).append((sha, role))
+        return {k: tuple(v) for k, v in found.items()}
+
+    def _view(self, session: Session, ticket: Ticket, *, private: bool,
+              media: tuple[tuple[str, str], ...] | None = None, original: str | None = None) -> TicketView:
+        if media is None:  # one ticket: look its photos and original up here
+            media = self._media_of(session, [ticket.id]).get(ticket.id, ())
+            if ticket.duplicate_of_id:
+                original = session.scalar(select(Ticket.reference).where(Ticket.id == ticket.duplicate_of_id))
         category = self.taxonomy.get(ticket.service_code)
         details: dict[str, Any] = {}
         events: tuple[tuple[str | None, str, str, datetime], ...] = ()
@@ -138,8 +157,7 @@ class TicketStaffWorkflow(TicketCore):
             category_name=category.name if category else None, department=ticket.department, place=ticket.place,
             latitude=ticket.latitude, longitude=ticket.longitude, channel=ticket.channel,
             created_at=ticket.created_at, updated_at=ticket.updated_at, status_note=ticket.status_note,
-            rating=ticket.rating, duplicate_of=original.reference if original else None,
-            media=tuple((sha, role) for sha, role in media if sha), private=details, events=events,
+            rating=ticket.rating, duplicate_of=original, media=media, private=details, events=events,
             due_at=ticket.due_at, due_state=self.due_state(ticket), escalated=ticket.escalated_at is not None,
         )
 
