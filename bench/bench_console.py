@@ -155,9 +155,12 @@ def main() -> None:
                        "bytes": len(response.get_data())}
                 rows.append(row)
                 print(json.dumps(row, ensure_ascii=False), flush=True)
+        pages = [r for r in rows if "/export" not in r["page"]]  # exports are downloads, timed apart
+        downloads = [r for r in rows if "/export" in r["page"]]
         print(json.dumps({"bench": "console_pages", "tickets": args.tickets, **seeded,
-                          "worst_p95_ms": max(r["p95_ms"] for r in rows),
-                          "worst_page": max(rows, key=lambda r: r["p95_ms"])["page"],
+                          "worst_page_p95_ms": max(r["p95_ms"] for r in pages),
+                          "worst_page": max(pages, key=lambda r: r["p95_ms"])["page"],
+                          "worst_download_p95_ms": max((r["p95_ms"] for r in downloads), default=None),
                           "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"},
                          ensure_ascii=False))
     finally:

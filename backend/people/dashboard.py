@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from backend.alerts.store import Alert, CareHousehold
@@ -120,11 +120,12 @@ class DashboardQueries:
                 for name, label, start, end in self.windows(now))
             overdue = due_soon = None
             if sees_tickets:
-                open_due = session.scalars(select(Ticket.due_at).where(
-                    self.queries.ticket_scope(staff), Ticket.status.in_(list(OPEN_STATUSES)),
-                    Ticket.due_at.is_not(None), Ticket.due_at <= now + self.due_soon)).all()
-                overdue = sum(due <= now for due in open_due)
-                due_soon = len(open_due) - overdue
+                late = Ticket.due_at <= now
+                overdue, due_soon = session.execute(select(
+                    func.coalesce(func.sum(case((late, 1), else_=0)), 0),
+                    func.coalesce(func.sum(case((late, 0), else_=1)), 0),
+                ).where(self.queries.ticket_scope(staff), Ticket.status.in_(list(OPEN_STATUSES)),
+                        Ticket.due_at.is_not(None), Ticket.due_at <= now + self.due_soon)).one()
             waiting = median_wait = None
             if sees_handoffs:
                 since = session.scalars(select(Handoff.created_at).where(
@@ -135,33 +136,28 @@ class DashboardQueries:
         return Dashboard(now, windows, overdue, due_soon, waiting, median_wait, demand)
 
     def _tickets(self, session: Session, staff: Staff, start: datetime, end: datetime) -> TicketFigures:
-        scope = self.queries.ticket_scope(staff)
-        rows = session.execute(select(Ticket.id, Ticket.status, Ticket.due_at, Ticket.rating,
-                                      Ticket.duplicate_of_id).where(
-            scope, Ticket.created_at >= start, Ticket.created_at <= end)).all()
-        done = [r for r in rows if r.status in DONE]
-        resolved_at = self._first_event(session, [r.id for r in done], "resolved")
-        on_time = sum(1 for r in done if r.due_at is None or resolved_at.get(r.id) is None
-                      or resolved_at[r.id] <= r.due_at)
-        ratings = [r.rating for r in rows if r.rating is not None]
-        reopened = len(set(session.scalars(select(StatusEvent.entity_id).where(
+        """Aggregates in SQL: a week of a city's tickets is thousands of rows."""
+        in_window = (self.queries.ticket_scope(staff), Ticket.created_at >= start, Ticket.created_at <= end)
+        done = Ticket.status.in_(list(DONE))
+        new, done_count, rated, satisfied, repeat = session.execute(select(
+            func.count(), func.coalesce(func.sum(case((done, 1), else_=0)), 0), func.count(Ticket.rating),
+            func.coalesce(func.sum(case((Ticket.rating >= 4, 1), else_=0)), 0), func.count(Ticket.duplicate_of_id),
+        ).where(*in_window)).one()
+        # Done after the deadline: the first "resolved" event later than due_at.
+        done_ids = select(Ticket.id).where(*in_window, done, Ticket.due_at.is_not(None))
+        first_resolved = (select(StatusEvent.entity_id.label("ticket_id"), func.min(StatusEvent.at).label("at"))
+                          .where(StatusEvent.entity_type == "ticket", StatusEvent.to_status == "resolved",
+                                 StatusEvent.entity_id.in_(done_ids))
+                          .group_by(StatusEvent.entity_id).subquery())
+        late = session.scalar(select(func.count()).select_from(Ticket)
+                              .join(first_resolved, first_resolved.c.ticket_id == Ticket.id)
+                              .where(first_resolved.c.at > Ticket.due_at)) or 0
+        reopened = session.scalar(select(func.count(StatusEvent.entity_id.distinct())).where(
             StatusEvent.entity_type == "ticket", StatusEvent.to_status == "reopened",
             StatusEvent.at >= start, StatusEvent.at <= end,
-            StatusEvent.entity_id.in_(select(Ticket.id).where(scope)))).all()))
-        return TicketFigures(new=len(rows), done=len(done), done_on_time=on_time, rated=len(ratings),
-                             satisfied=sum(1 for r in ratings if r >= 4), reopened=reopened,
-                             repeat=sum(1 for r in rows if r.duplicate_of_id is not None))
-
-    @staticmethod
-    def _first_event(session: Session, ids: list[int], status: str) -> dict[int, datetime]:
-        if not ids:
-            return {}
-        first: dict[int, datetime] = {}
-        for entity_id, at in session.execute(select(StatusEvent.entity_id, StatusEvent.at).where(
-                StatusEvent.entity_type == "ticket", StatusEvent.to_status == status,
-                StatusEvent.entity_id.in_(ids)).order_by(StatusEvent.at)):
-            first.setdefault(entity_id, at)
-        return first
+            StatusEvent.entity_id.in_(select(Ticket.id).where(self.queries.ticket_scope(staff))))) or 0
+        return TicketFigures(new=new, done=done_count, done_on_time=done_count - late, rated=rated,
+                             satisfied=satisfied, reopened=reopened, repeat=repeat)
 
     def _alerts(self, session: Session, staff: Staff, start: datetime, end: datetime) -> AlertFigures:
         rows = session.execute(select(Alert.state, Alert.raised_at, Alert.acknowledged_at, Alert.ack_due_at,
