@@ -24,6 +24,7 @@ import sklearn
 
 from assistant.nlu.classifier import ClassifierOptions, IntentClassifier
 from assistant.nlu.data import TrainingData, load_training_data, nlu_files
+from assistant.nlu.encoder import embed
 from assistant.nlu.entities import extract_entities
 from assistant.nlu.features import load_dictionary
 from assistant.nlu.normalize import Lexicon, Normalizer
@@ -201,6 +202,8 @@ class NLU:
         what it saved."""
         _jieba_cache_in(settings.model_dir)
         load_dictionary(settings.dictionary_path)
+        if settings.classifier.embedding_weight > 0:
+            embed(["你好"])  # the encoder's weights load here (≈1 s), not in a caller's first turn
         path = settings.model_dir / f"nlu-{settings.fingerprint()}.joblib"
         data = load_training_data(settings.data_path)
         nlu = cls._load(settings, path, data)
