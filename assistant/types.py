@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from assistant.work_orders import WorkOrder
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,7 @@ class ParseResult:
     intent: IntentScore
     ranking: tuple[IntentScore, ...] = ()
     entities: tuple[Entity, ...] = ()
-    # For report intents: the work order the text describes (assistant.work_orders.WorkOrder).
-    report: Any = None
+    report: WorkOrder | None = None  # for report intents: the work order the text describes
 
     def first(self, name: str) -> Entity | None:
         return next((e for e in self.entities if e.entity == name), None)

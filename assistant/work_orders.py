@@ -182,10 +182,10 @@ def summarise(text: str, limit: int = SUMMARY_CHARS) -> str:
     return summary.rstrip("，,、；;。！？!?")
 
 
-def describe(text: str, normalized: str, areas: Sequence[tuple[str, float]], taxonomy: Taxonomy) -> WorkOrder:
-    """The work order for a report: the area the area model ranks first (`areas`, best first;
-    empty when there is no model), then the category by keywords within that area."""
-    area = taxonomy.area_by_name.get(areas[0][0]) if areas else None
+def describe(text: str, normalized: str, area_name: str | None, taxonomy: Taxonomy) -> WorkOrder:
+    """The work order for a report: the area the area model ranks first (None without a model),
+    then the category by keywords within that area."""
+    area = taxonomy.area_by_name.get(area_name or "")
     category = taxonomy.categorise(normalized, within=area)
     if area is None:
         area = taxonomy.area_of(category)

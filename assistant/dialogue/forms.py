@@ -16,7 +16,6 @@ from assistant.dialogue.slots import EXTRACTORS, SlotContext, SlotOutcome
 from assistant.dialogue.state import ConversationState
 from assistant.nlu.idcard import age_on
 from assistant.types import ParseResult
-from assistant.work_orders import WorkOrder
 
 DESCRIPTION_CHARS = 500  # config.yml sms.max_text_chars: a whole long SMS is the description
 
@@ -46,7 +45,7 @@ class FormFiller:
             if decision is not None and not decision.allowed:
                 return self.actions.refuse_proxy(state, decision.how_to_ask or "", turn)
         title = self.domain.label("category", form_name)
-        report = parse.report if isinstance(parse.report, WorkOrder) else None
+        report = parse.report
         if previous and previous != form_name:
             turn.say("utter_switch_form", {"old": self.domain.label("category", previous), "title": title})
         elif report is not None and report.substantive and not report.asks_place:

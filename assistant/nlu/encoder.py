@@ -39,6 +39,10 @@ def embed(texts: Sequence[str]) -> np.ndarray:
     """(n, 512) L2-normalised vectors; an empty text gets a zero vector."""
     if len(texts) == 1:  # a parse: the intent and the area model ask for the same text in turn
         return _embed_one(texts[0])[None, :]
+    return _encode(texts)
+
+
+def _encode(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), 512), dtype=np.float32)
     todo = [i for i, t in enumerate(texts) if t.strip()]
     if todo:
@@ -51,11 +55,7 @@ def embed(texts: Sequence[str]) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _embed_one(text: str) -> np.ndarray:
-    if not text.strip():
-        return np.zeros(512, dtype=np.float32)
-    model = encoder()
-    with _lock:
-        vector = np.asarray(model.encode([text]), dtype=np.float32)[0]
+    vector = _encode([text])[0]
     vector.flags.writeable = False  # shared by every caller of the cache
     return vector
 

@@ -245,8 +245,8 @@ class NLU:
         intent = self._with_fallback(ranking)
         report = None
         if intent.name in REPORT_INTENTS and self.settings.taxonomy is not None:
-            areas = [(s.name, s.confidence) for s in self.areas.rank(normalized, top=3)] if self.areas else []
-            report = describe(text, normalized, areas, self.settings.taxonomy)
+            area = self.areas.rank(normalized, top=1)[0].name if self.areas else None
+            report = describe(text, normalized, area, self.settings.taxonomy)
         return ParseResult(text, normalized, intent, tuple(ranking), tuple(entities), report)
 
     def _with_fallback(self, ranking: list[IntentScore]) -> IntentScore:
