@@ -188,10 +188,15 @@ class StaffConsole:
         board = self.runtime.staff.dashboard.build(g.staff)
         demand = hourly_bars(board.demand, self.tz, title="最近72小时每小时新增工单和人工请求")
         kinds = [(k, EXPORT_LABELS[k]) for k, section in KINDS.items() if self.queries.allows(g.staff, section)]
-        today = self.directory.now().astimezone(self.tz).date()
+        since, until = self._export_range()
         return self.page("dashboard.html", board=board, demand=demand, meter=meter, percent=_percent,
-                         export_kinds=kinds, export_since=today - timedelta(days=6), export_until=today,
+                         export_kinds=kinds, export_since=since, export_until=until,
                          categories=self.runtime.staff.exports.taxonomy.categories)
+
+    def _export_range(self) -> tuple[date, date]:
+        """The last seven days, today included: the export form's default and the download's."""
+        today = self.directory.now().astimezone(self.tz).date()
+        return today - timedelta(days=6), today
 
     def export(self):
         """CSV or Excel of tickets or alerts in the staff member's scope; masked unless their role
@@ -201,10 +206,10 @@ class StaffConsole:
             abort(400)
         if not self.queries.allows(g.staff, KINDS[kind]):
             abort(403)
-        today = self.directory.now().astimezone(self.tz).date()
+        default_since, default_until = self._export_range()
         try:
-            since = date.fromisoformat(request.args.get("since") or (today - timedelta(days=6)).isoformat())
-            until = date.fromisoformat(request.args.get("until") or today.isoformat())
+            since = date.fromisoformat(request.args["since"]) if request.args.get("since") else default_since
+            until = date.fromisoformat(request.args["until"]) if request.args.get("until") else default_until
         except ValueError:
             abort(400)
         if until < since or (until - since).days > 366:

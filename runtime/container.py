@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -36,6 +36,7 @@ from backend.people.exports import Exports
 from backend.people.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
 from backend.people.staff import StaffDirectory, StaffPolicy
 from backend.people.staff_queries import StaffQueries
+from backend.tickets.model import due_soon_from_config
 
 if TYPE_CHECKING:
     from assistant.ivr import IvrFlow
@@ -168,11 +169,10 @@ class StaffServices:
 def build_staff_services(settings: Settings, sessions: Any, cipher: Any, clock: Any) -> StaffServices:
     policy = StaffPolicy.from_config(settings.config)
     queries = StaffQueries(sessions, cipher, clock, policy)
-    tickets = settings.config.get("tickets") or {}
-    due_soon = timedelta(hours=float(tickets.get("due_soon_hours", 2)))
     return StaffServices(StaffDirectory(sessions, cipher, clock, policy), queries,
-                         DashboardQueries(queries, sessions, settings.timezone, due_soon),
-                         Exports(queries, sessions, cipher, Taxonomy.from_config(tickets), settings.timezone, clock))
+                         DashboardQueries(queries, sessions, settings.timezone, due_soon_from_config(settings.config)),
+                         Exports(queries, sessions, cipher, Taxonomy.from_config(settings.config.get("tickets")),
+                                 settings.timezone, clock))
 
 
 def make_clock(settings: Settings) -> Callable[[], datetime]:

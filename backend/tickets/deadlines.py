@@ -42,14 +42,15 @@ class TicketDeadlines(TicketCore):
                 .order_by(Ticket.due_at).limit(BATCH).with_for_update()).all()
             for ticket in rows:
                 ticket.escalated_at = unit.now
-                head = self.settings.department_heads.get(ticket.department or self.settings.triage_queue)
-                hours = round((ticket.due_at - ticket.created_at).total_seconds() / 3600) if ticket.due_at else 0
+                department = self._department_label(ticket)
+                head = self.settings.department_heads.get(department)
+                hours = round((ticket.due_at - ticket.created_at).total_seconds() / 3600)
                 if head:
                     body = self.text("overdue_head", ref=ticket.reference, category=self._category_name(ticket),
                                      hours=hours)
                     self.outbox.enqueue_in(unit.session, head, body, f"ticket:{ticket.id}:overdue", ticket.id)
                 unit.audit("system:deadlines", "update", ticket.id, reference=ticket.reference,
-                           escalated_to=self._department_label(ticket), by_sms=bool(head))
+                           escalated_to=department, by_sms=bool(head))
             # Run again in SCAN_EVERY (the same dedupe key: one scan job at any time).
             enqueue_in(unit.session, OVERDUE_JOB, {}, unit.now + SCAN_EVERY, OVERDUE_KEY, unit.now)
             return len(rows)

@@ -45,6 +45,12 @@ class TransitionError(ValueError):
     """The ticket cannot go there from where it is (e.g. resolve a closed ticket)."""
 
 
+def due_soon_from_config(config: Mapping[str, Any]) -> timedelta:
+    """How long before its deadline a ticket counts as due soon (config.yml tickets.due_soon_hours):
+    the ticket list's mark and the dashboard's count read the same setting."""
+    return timedelta(hours=float((config.get("tickets") or {}).get("due_soon_hours", 2)))
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     report_window: timedelta = timedelta(seconds=120)
@@ -79,7 +85,7 @@ class LoopSettings:
         return cls(
             sla_hours={str(k): float(v) for k, v in sla.items() if k != "default"},
             sla_default_hours=float(sla.get("default", 72)),
-            due_soon=timedelta(hours=float(tickets.get("due_soon_hours", 2))),
+            due_soon=due_soon_from_config(config),
             department_heads={str(k): str(v) for k, v in heads.items()},
             report_window=timedelta(seconds=float(sms.get("report_window_seconds", 120))),
             location_answer=timedelta(hours=float(sms.get("location_answer_hours", 24))),
