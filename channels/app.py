@@ -18,6 +18,7 @@ from channels import (
     sensors,
     staff_api,
     staff_console,
+    twilio_outreach,
     twilio_sms,
     twilio_voice,
 )
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 CHANNELS: list[Callable[..., Blueprint]] = [
     rest.make_blueprint, twilio_voice.make_blueprint, kiosk.make_blueprint,
     twilio_sms.make_blueprint, staff_api.make_blueprint, department_page.make_blueprint, open311.make_blueprint,
-    sensors.make_blueprint, staff_console.make_blueprint,
+    sensors.make_blueprint, staff_console.make_blueprint, twilio_outreach.make_blueprint,
 ]
 
 # The page a person sees who opens the server's address in a browser: where to go next.

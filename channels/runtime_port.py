@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # types only: channels do not import the composition root at 
     from backend.alerts.desk import AlertDesk
     from backend.infra.crypto import FieldCipher
     from backend.messaging.calls import CallLog
+    from backend.outreach.service import Outreach
     from backend.people.dashboard import DashboardQueries
     from backend.people.exports import Exports
     from backend.people.proxy import ProxyService
@@ -94,6 +95,9 @@ class ChannelRuntime(Protocol):
 
     @property
     def alerts(self) -> AlertDesk: ...
+
+    @property
+    def outreach(self) -> Outreach: ...
 
     @property
     def staff(self) -> StaffPort: ...

@@ -93,3 +93,29 @@ def run_call(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, caller: str
         value = CallInput(digits=text if is_keys else "", speech="" if is_keys else text)
         step = phone.heard(sender, caller, step.step or "main", step.expects, step.tries, value)
     runtime.calls.end(sender, "completed")
+
+
+def run_checkin_call(runtime: ChannelRuntime, household: str, stdin: TextIO, stdout: TextIO,
+                     language: str | None = None) -> None:
+    """`python -m assistant call --checkin H001`: today's 平安电话 of one household, played in the
+    terminal (type 1 / 0 / 9 or the words the senior would say)."""
+    outreach = runtime.outreach
+    line = TerminalLines(runtime.domain)
+    call_id, sid = outreach.checkins.terminal_call(household, language)
+    script = outreach.answer(call_id, "start")
+    while True:
+        stdout.write(line("hotline", text="".join(script.say)) + "\n")
+        if script.next == "person":
+            stdout.write(line("to_person") + "\n")
+        if script.next != "listen":
+            break
+        stdout.write(line("caller"))
+        stdout.flush()
+        said = stdin.readline()
+        if not said or said.strip() == "/hangup":
+            break
+        text = said.strip()
+        is_keys = bool(text) and all(ch in KEYS for ch in text)
+        script = outreach.answer(call_id, script.step or "ask", text if is_keys else "", "" if is_keys else text,
+                                 script.tries)
+    outreach.calls.on_status(call_id, sid, "completed")

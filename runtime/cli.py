@@ -227,13 +227,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from channels.terminal import run_call
+    from channels.terminal import run_call, run_checkin_call
     from runtime.container import build_runtime
 
     settings = load_settings()
     _say_if_training(settings)
     runtime = build_runtime(settings)
-    run_call(runtime, sys.stdin, sys.stdout, caller=args.caller)
+    if args.checkin:
+        try:
+            run_checkin_call(runtime, args.checkin, sys.stdin, sys.stdout, language=args.language)
+        except ValueError as exc:
+            print(f"call --checkin: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    run_call(runtime, sys.stdin, sys.stdout, caller=args.caller, language=args.language)
     return 0
 
 
@@ -327,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
     call = sub.add_parser("call", help="simulate a phone call in the terminal (staff training)")
     call.add_argument("--caller", default="13800138000", help="caller ID the line would see")
+    call.add_argument("--checkin", metavar="HOUSEHOLD", help="play today's outbound 平安电话 to this household")
+    call.add_argument("--language", choices=["zh", "yue"], help="speak Mandarin (zh) or Cantonese (yue)")
     call.set_defaults(func=cmd_call)
     train = sub.add_parser("train", help="train the NLU model now (deploys: once at build time)")
     train.add_argument("--if-missing", action="store_true",
@@ -343,9 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     database.add_argument("action", choices=["upgrade"])
     database.set_defaults(func=cmd_db)
     # Command groups of the other subsystems, each in its own module with register(subparsers).
-    from runtime import cli_alerts, cli_jobs, cli_privacy, cli_staff, cli_voice, cli_worker
+    from runtime import cli_alerts, cli_jobs, cli_outreach, cli_privacy, cli_staff, cli_voice, cli_worker
 
-    for group in (cli_worker, cli_jobs, cli_privacy, cli_alerts, cli_staff, cli_voice):
+    for group in (cli_worker, cli_jobs, cli_privacy, cli_alerts, cli_staff, cli_voice, cli_outreach):
         group.register(sub)
     return parser
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from assistant.config import load_settings
-    from runtime.container import build_alert_desk, build_backend, make_cipher, make_clock
+    from runtime.container import build_alert_desk, build_backend, build_outreach, make_cipher, make_clock
     from runtime.ticket_loop import build_ticket_loop, worker_handlers
 
     settings = load_settings()
@@ -27,7 +27,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     backend = build_backend(settings, clock, cipher)  # also runs migrations to head
     loop = build_ticket_loop(settings, backend.session_factory, cipher, clock)
     alerts = build_alert_desk(settings, backend.session_factory, cipher, clock, loop.outbox)
-    handlers = worker_handlers(settings, backend.session_factory, clock, alerts.job_handlers())
+    outreach = build_outreach(settings, backend.session_factory, clock, alerts, loop.outbox, backend.create_handoff)
+    outreach.arm()
+    handlers = worker_handlers(settings, backend.session_factory, clock,
+                               {**alerts.job_handlers(), **outreach.job_handlers()})
     worker = loop.worker(extra_handlers=handlers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from assistant.ivr import IvrFlow
     from backend.alerts.desk import AlertDesk
     from backend.alerts.rules import AlertRules
+    from backend.outreach.service import Outreach
     from runtime.ticket_loop import TicketLoop
     from runtime.voice_services import VoiceServices
 
@@ -118,6 +119,12 @@ class Runtime:
         return build_alert_desk(self.settings, self.db_sessions, self.cipher, self.clock, self.ticket_loop.outbox)
 
     @built_once
+    def outreach(self) -> Outreach:
+        """Check-in calls, notices and their outbound calls; alerts and SMS through the desks above."""
+        return build_outreach(self.settings, self.db_sessions, self.clock, self.alerts, self.ticket_loop.outbox,
+                              self.backend.create_handoff)
+
+    @built_once
     def staff(self) -> StaffServices:
         """Staff directory (logins) and role-scoped queries for the console and department API."""
         return build_staff_services(self.settings, self.db_sessions, self.cipher, self.clock)
@@ -154,6 +161,17 @@ def build_alert_desk(settings: Settings, sessions: Any, cipher: Any, clock: Any,
     public = (settings.env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None
     return AlertDesk(sessions, cipher, clock, outbox, rules, integrations=integrations,
                      call_placer=call_placer, public_base_url=public)
+
+
+def build_outreach(settings: Settings, sessions: Any, clock: Any, alerts: AlertDesk, outbox: Outbox,
+                   handoffs: Any = None, *, dialer: Any = None) -> Outreach:
+    from backend.alerts.dispatch import call_placer_from_env
+    from backend.outreach.service import Outreach
+
+    tz = (settings.config.get("dialogue") or {}).get("timezone", "Asia/Shanghai")
+    dialer = dialer if dialer is not None else call_placer_from_env(settings.env)
+    return Outreach(sessions, clock, alerts, outbox, dialer, settings.config.get("outreach") or {}, settings.env,
+                    handoffs, tz)
 
 
 @dataclass

@@ -106,6 +106,9 @@ def worker_handlers(settings: Settings, sessions: Any, clock: Clock,
 
 
 def background_worker(runtime: Any, worker_id: str | None = None) -> Worker:
-    """The worker for a runtime with every job handler (tickets, outbox, care alerts, retention)."""
-    handlers = worker_handlers(runtime.settings, runtime.db_sessions, runtime.clock, runtime.alerts.job_handlers())
+    """The worker for a runtime with every job handler (tickets, outbox, care alerts, outreach,
+    retention)."""
+    runtime.outreach.arm()
+    handlers = worker_handlers(runtime.settings, runtime.db_sessions, runtime.clock,
+                               {**runtime.alerts.job_handlers(), **runtime.outreach.job_handlers()})
     return runtime.ticket_loop.worker(worker_id, extra_handlers=handlers)

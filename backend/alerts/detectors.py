@@ -299,8 +299,14 @@ class SensorOffline(RuleKind):
         return timedelta(hours=float(alerting.offline_hours.get(kind, 6)))
 
 
+class ExternalRule(RuleKind):
+    """Raised by another service, never by readings: the daily check-in call nobody answered
+    (backend.outreach). It has the rules' levels, SMS, SLA timers and escalation all the same."""
+
+
 # The one table of rule kinds: config.yml `alerts.rules.<name>.kind` picks one.
 RULE_KINDS: dict[str, type[RuleKind]] = {
+    "external": ExternalRule,
     "threshold": ThresholdRule,
     "silence": SilenceRule,
     "electricity_drop": ElectricityDrop,

@@ -21,7 +21,10 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import requests
 from twilio.twiml.voice_response import VoiceResponse
@@ -62,13 +65,48 @@ class TwilioCallPlacer:
         self.http = requests.Session()
 
     def place(self, to: str, twiml: str, status_callback: str | None = None) -> CallResult:
-        url = f"{self.config.api_base_url.rstrip('/')}/2010-04-01/Accounts/{self.config.account_sid}/Calls.json"
-        form = {"To": e164(to), "From": self.config.from_number, "Twiml": twiml}
+        form = [("To", e164(to)), ("From", self.config.from_number), ("Twiml", twiml)]
         if status_callback:
-            form["StatusCallback"] = status_callback
+            form.append(("StatusCallback", status_callback))
+        return self._create(form)
+
+    def dial(self, to: str, url: str, status_callback: str, *, machine_detection: bool = False) -> CallResult:
+        """An outbound call whose TwiML Twilio fetches from `url` when it is answered (signed like
+        every webhook); every status change is posted to `status_callback`."""
+        form: list[tuple[str, str]] = [("To", e164(to)), ("From", self.config.from_number), ("Url", url),
+                                       ("Method", "POST"), ("StatusCallback", status_callback),
+                                       ("StatusCallbackMethod", "POST"), ("Timeout", "30")]
+        form += [("StatusCallbackEvent", event) for event in ("initiated", "ringing", "answered", "completed")]
+        if machine_detection:
+            form.append(("MachineDetection", "Enable"))
+        return self._create(form)
+
+    def find(self, to: str, since: datetime) -> str | None:
+        """The sid of a call to `to` created at or after `since`, if Twilio has one: a worker killed
+        between asking for a call and recording its sid asks this before asking again."""
+        # The list filters by number only (StartTime is empty until a call is dialled); the newest
+        # come first, and the creation time is compared here.
+        url = f"{self._calls_url()}?" + urlencode({"To": e164(to), "PageSize": "20"})
         try:
-            response = self.http.post(url, data=form, auth=(self.config.account_sid, self.config.auth_token),
-                                      timeout=self.timeout)
+            response = self.http.get(url, auth=(self.config.account_sid, self.config.auth_token),
+                                     timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise CallError(f"twilio calls list: {exc}", retryable=True) from exc
+        if response.status_code >= 300:
+            raise CallError(f"twilio calls list {response.status_code}", retryable=True)
+        for call in response.json().get("calls") or []:
+            created = parsedate_to_datetime(str(call.get("date_created") or ""))
+            if created >= since.replace(microsecond=0):
+                return str(call["sid"])
+        return None
+
+    def _calls_url(self) -> str:
+        return f"{self.config.api_base_url.rstrip('/')}/2010-04-01/Accounts/{self.config.account_sid}/Calls.json"
+
+    def _create(self, form: list[tuple[str, str]]) -> CallResult:
+        try:
+            response = self.http.post(self._calls_url(), data=form,
+                                      auth=(self.config.account_sid, self.config.auth_token), timeout=self.timeout)
         except requests.RequestException as exc:
             raise CallError(f"twilio calls: {exc}", retryable=True) from exc
         if response.status_code >= 300:

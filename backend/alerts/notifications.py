@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC
+from typing import Any
 
 from sqlalchemy import select
 
@@ -36,6 +37,15 @@ class Notifications:
                 self._cleared(unit, household, change)
         return raised
 
+    def raise_external(self, unit: AlertUnit, household: CareHousehold, rule: str, key: str,
+                       detail: dict[str, Any], actor: str) -> int | None:
+        """An alert another service raises (a missed check-in call): the rule's SMS, calls and SLA
+        timers as for a sensor's. One per `key` (the same key twice raises nothing new)."""
+        policy = self.rules.policy(rule)
+        change = AlertChange(household.code, key, rule, policy.level, unit.now, "raised", detail=detail)
+        alert = self._raise(unit, household, change, actor=actor, dedupe=f"{household.id}:{key}")
+        return None if alert is None else alert.id
+
     def notify_due(self, alert_id: int) -> None:
         """Job alert.notify: quiet hours are over; tell people unless it cleared meanwhile."""
 
@@ -47,9 +57,10 @@ class Notifications:
 
         self.runner.run(work)
 
-    def _raise(self, unit: AlertUnit, household: CareHousehold, change: AlertChange) -> Alert | None:
+    def _raise(self, unit: AlertUnit, household: CareHousehold, change: AlertChange, *, actor: str = "sensor",
+               dedupe: str | None = None) -> Alert | None:
         s, r = unit.session, self.records
-        dedupe = f"{household.id}:{change.key}:{change.at.astimezone(UTC).isoformat()}"
+        dedupe = dedupe or f"{household.id}:{change.key}:{change.at.astimezone(UTC).isoformat()}"
         if s.scalar(select(Alert.id).where(Alert.dedupe_key == dedupe)) is not None:
             return None
         policy = self.rules.policy(change.rule)
@@ -60,7 +71,7 @@ class Notifications:
                       created_at=unit.now, updated_at=unit.now)
         s.add(alert)
         s.flush()
-        r.event(unit, alert, "raised", None, "open", "sensor", {"detail": dict(change.detail)})
+        r.event(unit, alert, "raised", None, "open", actor, {"detail": dict(change.detail)})
         unit.audit("system:alerts", "create", alert.id, entity_type="care_alert", rule=change.rule,
                    level=change.level)
         for name in policy.integrations:  # 119 never waits

@@ -12,6 +12,8 @@ DEFAULT_TEXTS: dict[str, str] = {
     "what_gas_leak": "燃气泄漏报警",
     "what_heart_rate": "心率异常（{value}次/分）持续{minutes}分钟",
     "what_sensor_offline": "{device_label}已{hours}小时无数据",
+    "what_checkin_missed": "今天平安电话打了{attempts}次没人接",
+    "what_checkin_help": "平安电话中老人表示需要帮助",
     "staff_raised": "【关爱提醒{alert}】{grid}网格{senior}（{address}）：{what}。{todo}回复1或“收到”确认，上门后回复2（同时有几条提醒时加编号，如“1 {alert}”）。",
     "staff_todo_sla": "请{ack}分钟内电话联系{visit}。",
     "staff_todo_visit": "，{visit}分钟内上门",

@@ -14,6 +14,7 @@ from backend.tickets import TicketDesk
 if TYPE_CHECKING:
     from assistant.types import ParseResult
     from backend.alerts.desk import AlertDesk
+    from backend.outreach.service import Outreach
     from backend.people.proxy import ProxyService
 
 
@@ -37,6 +38,9 @@ class InboxParts(Protocol):
 
     @property
     def alerts(self) -> AlertDesk: ...
+
+    @property
+    def outreach(self) -> Outreach: ...
 
 
 class Wording(Protocol):

@@ -89,6 +89,15 @@ def alert_acknowledgement(inbox: RouteContext, claimed: Claimed) -> Decision | N
     return None if ack is None else Decision(ack.reply, "alert")
 
 
+def outreach_reply(inbox: RouteContext, claimed: Claimed) -> Decision | None:
+    """An answer to today's 平安 SMS ("1"/"好", "0"/"不好"), or "不要再打" — unless in a form."""
+    sms = claimed.sms
+    if inbox.conversation.in_form(sms.sender):
+        return None
+    reply = inbox.parts.outreach.sms_reply(sms.sender, sms.body)
+    return None if reply is None else Decision(reply, "outreach")
+
+
 def human(inbox: RouteContext, claimed: Claimed) -> Decision | None:
     if claimed.what.word not in _HUMAN:
         return None
@@ -121,5 +130,5 @@ def conversation(inbox: RouteContext, claimed: Claimed) -> Decision:
 
 AfterClaimRoute = Callable[[RouteContext, Claimed], "Decision | InboxAnswer | None"]
 AFTER_CLAIM: tuple[AfterClaimRoute, ...] = (
-    progress, proxy_consent, alert_acknowledgement, human, report_continuation, conversation,
+    progress, proxy_consent, alert_acknowledgement, outreach_reply, human, report_continuation, conversation,
 )

@@ -1,0 +1,46 @@
+"""Residents' contact preferences by phone (blind index): language (zh / yue), SMS in written
+Cantonese, notices by SMS or voice, no more notice calls. Every change is audited."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from backend.infra.crypto import FieldCipher
+from backend.infra.tx import UnitOfWork
+from backend.outreach.store import ContactPreference
+
+LANGUAGES = ("zh", "yue")
+
+
+class Preferences:
+    def __init__(self, cipher: FieldCipher) -> None:
+        self.cipher = cipher
+
+    def phone_hash(self, phone: str) -> str:
+        return self.cipher.blind_index(phone, "phone")
+
+    def find(self, unit: UnitOfWork, phone_hash: str) -> ContactPreference | None:
+        return unit.session.scalar(select(ContactPreference).where(ContactPreference.phone_hash == phone_hash))
+
+    def language(self, unit: UnitOfWork, phone_hash: str) -> str:
+        pref = self.find(unit, phone_hash)
+        return pref.language if pref is not None and pref.language in LANGUAGES else "zh"
+
+    def sms_language(self, unit: UnitOfWork, phone_hash: str) -> str:
+        """SMS are standard written Chinese unless the resident asked for written Cantonese."""
+        pref = self.find(unit, phone_hash)
+        return "yue" if pref is not None and pref.language == "yue" and pref.written_cantonese else "zh"
+
+    def update(self, unit: UnitOfWork, phone_hash: str, actor: str, **values: object) -> ContactPreference:
+        pref = self.find(unit, phone_hash)
+        if pref is None:
+            pref = ContactPreference(phone_hash=phone_hash, language="zh", written_cantonese=False,
+                                     no_notice_calls=False, created_at=unit.now)
+            unit.session.add(pref)
+        if "language" in values and values["language"] not in LANGUAGES:
+            raise ValueError(f"language must be one of {LANGUAGES}")
+        for key, value in values.items():
+            setattr(pref, key, value)
+        pref.set_by, pref.updated_at = actor[:64], unit.now
+        unit.session.flush()
+        unit.audit(actor, "update", pref.id, entity_type="contact_preference", fields=sorted(values))
+        return pref

@@ -1,0 +1,87 @@
+"""Outreach: the facade the runtime builds once (check-ins, notices, their outbound calls, and
+residents' contact preferences) and the jobs a worker runs for it:
+
+  outreach.call     {call_id}   place one outbound call (backend.outreach.calls)
+  checkin.plan      {}          today's check-ins, daily at outreach.checkin.plan_at
+  checkin.attempt   {day_id}    the next call / SMS of one check-in, or the end of its wait
+  notice.send       {notice_id} deliveries for a notice's audience, queued on their channels
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from assistant.ports import Clock
+from backend.alerts.desk import AlertDesk
+from backend.alerts.unit import AlertUnit
+from backend.infra import jobs
+from backend.infra.tx import TransactionRunner
+from backend.messaging.outbox import Outbox
+from backend.outreach.calls import CALL_JOB, CallDialer, CallSettings, OutboundCalls
+from backend.outreach.checkins import ATTEMPT_JOB, PLAN_JOB, PLAN_KEY, Checkins, Handoffs
+from backend.outreach.notices import SEND_JOB, Notices
+from backend.outreach.policy import OutreachPolicy
+from backend.outreach.prefs import Preferences
+from backend.outreach.script import CallScript
+from backend.outreach.store import OutboundCall
+from backend.outreach.texts import STOP_WORDS, OutreachTexts, heard
+
+
+class Outreach:
+    def __init__(self, sessions: Callable[[], Any], clock: Clock, alerts: AlertDesk, outbox: Outbox,
+                 dialer: CallDialer | None, config: Mapping[str, Any], env: Mapping[str, str],
+                 handoffs: Handoffs | None = None, tz: str = "Asia/Shanghai") -> None:
+        self.runner = TransactionRunner(sessions, clock, make_unit=AlertUnit)
+        self.sessions = sessions
+        self.policy = OutreachPolicy.from_config(config, tz)
+        self.texts = OutreachTexts(config)
+        self.prefs = Preferences(alerts.records.cipher)
+        self.calls = OutboundCalls(self.runner, alerts.records.cipher, dialer, CallSettings.from_config(config, env))
+        self.checkins = Checkins(self.runner, self.calls, outbox, alerts, self.prefs, self.texts, self.policy,
+                                 handoffs)
+        self.notices = Notices(self.runner, self.calls, outbox, self.prefs, self.texts, self.policy, handoffs)
+
+    def job_handlers(self) -> dict[str, Callable[[Mapping[str, Any]], None]]:
+        return {
+            CALL_JOB: lambda p: self.calls.place(int(p["call_id"])),
+            PLAN_JOB: lambda p: {self.checkins.plan_daily()} and None,
+            ATTEMPT_JOB: lambda p: self.checkins.attempt(int(p["day_id"])),
+            SEND_JOB: lambda p: {self.notices.send(int(p["notice_id"]))} and None,
+        }
+
+    def arm(self) -> None:
+        """Every worker calls this at start; the first creates the daily plan job."""
+        jobs.schedule_if_absent(self.sessions, PLAN_JOB, PLAN_KEY, self.checkins.next_plan(self.runner.now()))
+
+    def answer(self, call_id: int, step: str, digits: str = "", speech: str = "", tries: int = 0) -> CallScript:
+        """The answered call's next turn, by the purpose that placed it."""
+        purpose = self.runner.run(lambda unit: (lambda c: c.purpose if c else None)(
+            unit.session.get(OutboundCall, call_id)))
+        handler = {"checkin": self.checkins, "notice": self.notices}.get(purpose or "")
+        if handler is None:
+            return CallScript((self.texts.get("checkin_goodbye"),), "end")
+        return handler.answer(call_id, step, digits, speech, tries)
+
+    def sms_reply(self, phone: str, body: str) -> str | None:
+        """An SMS meant for outreach: a check-in answer, or "不要再打". None: not for us."""
+        reply = self.checkins.sms_reply(phone, body)
+        if reply is not None:
+            return reply
+        if len(body) <= 12 and heard(body, STOP_WORDS) and "退订" not in body:
+            self.notices.stop_calls(phone)
+            return self.texts.get("no_calls_sms")
+        return None
+
+    def set_language(self, phone: str, language: str, actor: str, written: bool | None = None) -> None:
+        values: dict[str, Any] = {"language": language}
+        if written is not None:
+            values["written_cantonese"] = written
+        self.runner.run(lambda unit: self.prefs.update(unit, self.prefs.phone_hash(phone), actor, **values))
+
+    def language(self, phone: str) -> str | None:
+        """The stored spoken-language preference, or None when the resident has none."""
+        def work(unit: AlertUnit) -> str | None:
+            pref = self.prefs.find(unit, self.prefs.phone_hash(phone))
+            return pref.language if pref is not None else None
+
+        return self.runner.run(work)
