@@ -15,7 +15,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from core_fixtures import TZ
 from fixtures.twilio_world import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, FakeTwilioApi, sign
 from sms_fixtures import PUBLIC_BASE_URL, SmsClient, build_app
 from sqlalchemy import func, select
@@ -31,6 +30,7 @@ from backend.outreach.checkins import Enrolment
 from backend.outreach.notices import Audience, sms_segments
 from backend.outreach.simulate import CheckinDaySimulation, households_doc, scenario
 from backend.outreach.store import CheckinDay, ContactPreference, NoticeDelivery, OutboundCall
+from core_fixtures import TZ
 from runtime import cli
 
 ROOT = Path(__file__).resolve().parents[1]
