@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from assistant import logcontext
 from assistant.dialogue.engine import DialogueEngine
 from assistant.dialogue.state import ConversationState
 from assistant.nlu.pipeline import NLU
-from assistant.ports import Clock, SessionStore, StoreUnavailable
+from assistant.ports import Clock, LanguagePreferences, SessionStore, StoreUnavailable
 from assistant.types import Button, ConversationStatus, ParseResult, Reply, Turn, UserMessage
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 class Assistant:
     def __init__(self, nlu: NLU, engine: DialogueEngine, sessions: SessionStore, clock: Clock,
-                 session_ttl_seconds: int, lock_timeout_seconds: float = 3.0) -> None:
+                 session_ttl_seconds: int, lock_timeout_seconds: float = 3.0,
+                 languages: LanguagePreferences | None = None) -> None:
         self.nlu = nlu
+        self.languages = languages
         self.engine = engine
         self.sessions = sessions
         self.clock = clock
@@ -71,8 +73,17 @@ class Assistant:
             if message.message_id and message.message_id == state.last_message_id:
                 # A redelivered webhook gets the same answer and changes nothing.
                 return Turn(tuple(_reply_from_dict(r) for r in state.last_turn_replies), _status(state))
+            if not raw:
+                self._preferred_language(state, message)
+            spoken = state.language
             parse = self.nlu.parse(message.text, self.clock())
             replies = self.engine.handle(state, parse, message)
+            if state.replay and state.offer is None:  # "您想用广东话吗？" answered: now the request itself
+                text, state.replay = state.replay, None
+                replies += self.engine.handle(state, self.nlu.parse(text, self.clock()),
+                                              replace(message, text=text, message_id=None))
+            if state.language != spoken and self.languages is not None and message.phone:
+                self.languages.remember(message.phone, state.language, message.channel)
             state.last_message_id = message.message_id
             state.last_turn_replies = [asdict(r) for r in replies]
             if replies and replies[-1].end_session:
@@ -80,6 +91,29 @@ class Assistant:
                 return Turn(tuple(replies), ConversationStatus())
             self.sessions.save(key, state.to_dict(), self.session_ttl_seconds)
         return Turn(tuple(replies), _status(state))
+
+    def _preferred_language(self, state: ConversationState, message: UserMessage) -> None:
+        if self.languages is None or not message.phone:
+            return
+        chosen = self.languages.language_for(message.phone, message.channel)
+        if chosen:
+            state.language, state.language_settled = chosen, True
+
+    def begin(self, channel: str, sender_id: str, phone: str | None, language: str | None = None) -> str:
+        """Before the first turn (a call's greeting): the caller's language (`language`, or their
+        stored preference), with a conversation stored in it when it is not Mandarin, so the menus
+        that follow speak it too."""
+        state = ConversationState(sender_id=sender_id, channel=channel, phone=phone)
+        if language:
+            state.language, state.language_settled = language, True
+        else:
+            self._preferred_language(state, UserMessage(sender_id=sender_id, text="", channel=channel, phone=phone))
+        if state.language != "zh":
+            key = self.session_key(channel, sender_id)
+            with self.sessions.lock(key, self.lock_timeout_seconds):
+                if not self.sessions.load(key):
+                    self.sessions.save(key, state.to_dict(), self.session_ttl_seconds)
+        return state.language
 
     def reset(self, channel: str, sender_id: str) -> None:
         self.sessions.delete(self.session_key(channel, sender_id))

@@ -5,7 +5,7 @@ and the tests drive the same navigator directly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,10 +44,36 @@ class IvrFlow:
     digit_slots: frozenset[str]
     star_in_id_means_x: bool = True
     hint: str = ""
+    # Other languages' wording (main.yue.yml next to main.yml): the same flow with its greeting,
+    # prompts, hint and messages in that language, by language code.
+    translations: Mapping[str, IvrFlow] = field(default_factory=dict)
+
+    def spoken(self, language: str) -> IvrFlow:
+        """This flow in `language` (itself for Mandarin or a language it has no wording for)."""
+        return self.translations.get(language, self)
 
     @classmethod
     def load(cls, path: Path) -> IvrFlow:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        flow = cls.parse(yaml.safe_load(path.read_text(encoding="utf-8")), path.stem)
+        others = {}
+        for other in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
+            language = other.name[len(path.stem) + 1:-len(path.suffix)]
+            others[language] = flow.reworded(yaml.safe_load(other.read_text(encoding="utf-8")) or {})
+        return replace(flow, translations=others)
+
+    def reworded(self, doc: Mapping[str, Any]) -> IvrFlow:
+        """The same keys and steps, said in another language's words (what `doc` does not say
+        stays as it was)."""
+        steps = {name: replace(step, prompt=(doc.get("steps") or {}).get(name, {}).get("prompt") or step.prompt)
+                 for name, step in self.steps.items()}
+        flow = replace(self, greeting=doc.get("greeting") or self.greeting, steps=steps,
+                       messages={**self.messages, **(doc.get("messages") or {})},
+                       hint=(doc.get("conversation") or {}).get("hint") or self.hint)
+        flow.check()
+        return flow
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any], default_name: str = "main") -> IvrFlow:
         steps = {
             name: MenuStep(name, spec["prompt"], {str(k): v for k, v in spec.get("options", {}).items()},
                            spec.get("back"))
@@ -55,7 +81,7 @@ class IvrFlow:
         }
         conversation = doc.get("conversation") or {}
         flow = cls(
-            name=doc.get("flow", path.stem),
+            name=doc.get("flow", default_name),
             start=doc.get("start", "main"),
             greeting=doc.get("greeting", ""),
             steps=steps,

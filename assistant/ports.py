@@ -94,6 +94,15 @@ class ResidentRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class LanguagePreferences(Protocol):
+    """Residents' language, by phone: Mandarin "zh" or Cantonese "yue". On SMS, Cantonese only
+    when the resident asked for written Cantonese."""
+
+    def language_for(self, phone: str, channel: str) -> str | None: ...
+
+    def remember(self, phone: str, language: str, channel: str) -> None: ...
+
+
 class StoreUnavailable(Exception):
     """The session store cannot be reached (Redis down, restarting or saturated); adapters raise
     this instead of their driver's errors so the core can answer kindly."""

@@ -64,6 +64,8 @@ class PhoneCall:
         self.runtime = runtime
         self.flow = flow
         self.nav = IvrNavigator(flow)
+        # Each spoken language's wording of the flow (ivr_flows/main.yue.yml …): same keys, steps.
+        self.navs = {"zh": self.nav, **{lang: IvrNavigator(flow.spoken(lang)) for lang in flow.translations}}
         self.calls = runtime.calls
         self.pending = pending_speech(runtime.sessions)
 
@@ -75,22 +77,32 @@ class PhoneCall:
             return "zh"  # the prompt still gets said, in the default voice
         return language if language in LANGUAGES else "zh"
 
-    def greet(self, call_sid: str, caller: str | None) -> CallStep:
-        self.calls.start(call_sid, caller)
-        if self.calls.direct_to_human(caller):
-            return self.person(call_sid, caller, (self.flow.greeting,))
-        return self.menu(self.flow.start, (self.flow.greeting,))
+    def spoken(self, call_sid: str) -> IvrNavigator:
+        """The flow's navigator in the call's language."""
+        return self.navs.get(self.language(call_sid), self.nav)
 
-    def menu(self, step: str, say: Sequence[str] = (), tries: int = 0) -> CallStep:
-        return CallStep((*say, self.flow.steps[step].prompt), "listen", step=step, tries=tries)
+    def greet(self, call_sid: str, caller: str | None, language: str | None = None) -> CallStep:
+        self.calls.start(call_sid, caller)
+        try:  # a caller who asked for Cantonese before is greeted in it
+            language = self.runtime.assistant.begin(CHANNEL, call_sid, caller, language)
+        except StoreUnavailable:
+            language = "zh"
+        greeting = self.navs.get(language, self.nav).flow.greeting
+        if self.calls.direct_to_human(caller):
+            return self.person(call_sid, caller, (greeting,))
+        return self.menu(self.flow.start, (greeting,), call_sid=call_sid)
+
+    def menu(self, step: str, say: Sequence[str] = (), tries: int = 0, call_sid: str | None = None) -> CallStep:
+        flow = self.spoken(call_sid).flow if call_sid else self.flow
+        return CallStep((*say, flow.steps[step].prompt), "listen", step=step, tries=tries)
 
     def heard(self, call_sid: str, caller: str | None, step: str, expects: str | None, tries: int,
               value: CallInput, message_id: str | None = None) -> CallStep:
         """One answer from the caller at `step` (keys, or speech with its confidence)."""
         if step == "confirm":
             return self._confirmed(call_sid, caller, value, message_id)
-        outcome = self.nav.in_conversation(expects, value, tries) if step == "conv" \
-            else self.nav.at_menu(step, value, tries)
+        nav = self.spoken(call_sid)
+        outcome = nav.in_conversation(expects, value, tries) if step == "conv" else nav.at_menu(step, value, tries)
         return self.follow(outcome, call_sid, caller, expects, step, message_id)
 
     def _confirmed(self, call_sid: str, caller: str | None, value: CallInput, message_id: str | None) -> CallStep:
@@ -99,28 +111,30 @@ class PhoneCall:
         said_yes = bool(value.speech) and self.runtime.assistant.parse(value.speech).intent.name == "affirm"
         if value.digits == "1" or said_yes:
             return self.converse(call_sid, caller, pending.text, message_id=message_id)
+        again = self.spoken(call_sid).message("say_again")
         if pending.step in self.flow.steps:
-            return self.menu(pending.step, (self.nav.message("say_again"),))
-        return CallStep((self.nav.message("say_again"),), "listen", step="conv", expects=pending.expects)
+            return self.menu(pending.step, (again,), call_sid=call_sid)
+        return CallStep((again,), "listen", step="conv", expects=pending.expects)
 
     def follow(self, outcome: IvrOutcome, call_sid: str, caller: str | None, expects: str | None,
                step: str | None, message_id: str | None = None) -> CallStep:
         self.calls.step(call_sid, outcome.kind if outcome.kind != "menu" else f"menu:{outcome.step}")
+        nav = self.spoken(call_sid)
         if outcome.kind == "human":
             return self.person(call_sid, caller, outcome.say)
         if outcome.kind == "end":
-            return CallStep((*outcome.say, self.nav.message("goodbye")), "end")
+            return CallStep((*outcome.say, nav.message("goodbye")), "end")
         if outcome.kind == "menu":
-            return self.menu(outcome.step or self.flow.start, outcome.say, outcome.tries)
+            return self.menu(outcome.step or self.flow.start, outcome.say, outcome.tries, call_sid=call_sid)
         if outcome.kind == "confirm_speech":
             self.pending.save(call_sid, PendingSpeech(outcome.text or "", expects, step))
             return CallStep(outcome.say, "listen", step="confirm", expects=expects)
         if outcome.meta.get("silence"):
-            return self.converse(call_sid, caller, "/repeat", (self.nav.message("no_input"),), outcome.tries,
+            return self.converse(call_sid, caller, "/repeat", (nav.message("no_input"),), outcome.tries,
                                  message_id)
         if outcome.meta.get("then") == "menu":  # * inside a form: drop it, back to the menu
             first = self._core(call_sid, caller, outcome.text or "/cancel", message_id).replies[0]
-            return self.menu(self.flow.start, (first.speech or first.text,))
+            return self.menu(self.flow.start, (first.speech or first.text,), call_sid=call_sid)
         return self.converse(call_sid, caller, outcome.text or "", outcome.say, message_id=message_id)
 
     def person(self, call_sid: str, caller: str | None, say: Sequence[str] = ()) -> CallStep:
@@ -149,10 +163,11 @@ class PhoneCall:
             reference = _reference(turn)
             self.calls.step(call_sid, "handoff", outcome="handoff", handoff_reference=reference)
             return CallStep(spoken, _after_handoff(turn), reference=reference)
+        nav = self.navs.get(turn.status.language, self.nav)
         if turn.ended:
-            return CallStep((*spoken, self.nav.message("goodbye")), "end")
+            return CallStep((*spoken, nav.message("goodbye")), "end")
         if turn.expects in {None, "menu"}:
-            return CallStep((*spoken, self.nav.message("more")), "listen", step=self.flow.start)
+            return CallStep((*spoken, nav.message("more")), "listen", step=self.flow.start)
         return CallStep(spoken, "listen", step="conv", expects=turn.expects, tries=tries)
 
 

@@ -69,14 +69,14 @@ def run_chat(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, sender: str
 
 
 def run_call(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, caller: str | None = None,
-             sender: str = "CAterminal0001") -> None:
+             sender: str = "CAterminal0001", language: str | None = None) -> None:
     """`python -m assistant call`: a phone call in the terminal, for staff training. Type keys
     (digits, *, #; a long number ends with #) or words as the caller would say them."""
     phone = PhoneCall(runtime, runtime.ivr_flow)
     line = TerminalLines(runtime.domain)
     runtime.assistant.reset(CALL_CHANNEL, sender)
     stdout.write(line("call_help") + "\n")
-    step = phone.greet(sender, caller)
+    step = phone.greet(sender, caller, language)
     while True:
         stdout.write(line("hotline", text="".join(step.say)) + "\n")
         if step.next == "person":

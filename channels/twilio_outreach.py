@@ -21,13 +21,12 @@ from backend.outreach.script import CallScript
 from channels.routes import register
 from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
-from channels.twilio_voice import TwimlRenderer
+from channels.twilio_voice import GATHER_LANGUAGES, TwimlRenderer
 
 log = logging.getLogger(__name__)
 
 NAME = "twilio_outreach"
 BASE = "/webhooks/twilio/outreach"
-GATHER_LANGUAGE = {"zh": "zh-CN", "yue": "yue-Hant-HK"}  # Twilio's recogniser per spoken language
 ANSWER_SECONDS = 8  # time to start answering: generous for seniors
 
 
@@ -59,7 +58,7 @@ class OutreachHooks:
         if script.next == "listen":
             query = urlencode({"call": call_id, "step": script.step, "tries": script.tries})
             gather = Gather(input="dtmf speech", num_digits=1, timeout=ANSWER_SECONDS, speech_timeout="auto",
-                            language=GATHER_LANGUAGE.get(lang, "zh-CN"), action=f"{BASE}/answer?{query}",
+                            language=GATHER_LANGUAGES.get(lang, "zh-CN"), action=f"{BASE}/answer?{query}",
                             method="POST", action_on_empty_result=True)
             for sentence in script.say:
                 self.twiml.say(gather, sentence, lang)

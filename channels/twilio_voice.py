@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 NAME = "twilio_voice"
 BASE = "/webhooks/twilio/voice"
 TTS_PATH = "/voice/tts"  # prompt audio; names are content hashes, fetched by Twilio
+GATHER_LANGUAGES = {"yue": "yue-Hant-HK"}  # Twilio's recogniser for a Cantonese call
 PROMPT_WAIT_SECONDS = 10.0  # a sentence takes Kokoro a few seconds; far longer means it is stuck
 
 
@@ -109,7 +110,7 @@ class TwimlRenderer:
         query = {"step": step.step, "expects": step.expects, "tries": step.tries}
         gather = Gather(
             input="dtmf speech",
-            language=settings.get("language", "zh-CN"),
+            language=GATHER_LANGUAGES.get(language) or settings.get("language", "zh-CN"),
             timeout=int(settings.get("first_input_seconds", 8)),
             speech_timeout=str(settings.get("speech_timeout", "auto")),
             action=f"{BASE}/gather?{urlencode({k: v for k, v in query.items() if v is not None})}",

@@ -301,6 +301,19 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     return report
 
 
+def _cantonese_voice(voices: Any) -> str:
+    """Who speaks to residents who chose Cantonese (no registry ships a neural Cantonese voice)."""
+    from assistant.voice.tts import LocalVoice
+
+    voice = voices.cantonese
+    if isinstance(voice, LocalVoice):
+        return (f"offline {voice.name} (espeak-ng yue: robotic, no neural Cantonese voice ships on any registry); "
+                "on the phone, voice.tts.engine twilio_say speaks yue-HK in the cloud")
+    if voice is not None:
+        return "Twilio <Say> yue-HK (cloud: the text leaves the premises); kiosk and streams speak Mandarin"
+    return "none offline: Cantonese replies are spoken by the Mandarin voice"
+
+
 def _tts_report(config: Any, settings: Settings, missing: list[str]) -> dict[str, Any]:
     """Which voice speaks, why it is not the configured one, and a test sentence's timing."""
     from assistant.voice.tts import LocalVoice, TtsSettings, TtsUnavailable
@@ -316,6 +329,7 @@ def _tts_report(config: Any, settings: Settings, missing: list[str]) -> dict[str
         missing.append(f"TTS: {exc}")
         return info
     info["active"] = voices.name
+    info["cantonese"] = _cantonese_voice(voices)
     if voices.fallback_reason:
         info["fallback_reason"] = voices.fallback_reason
         missing.append(f"TTS: {voices.fallback_reason} — speaking with {voices.name}")
@@ -353,7 +367,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings | None = None, stdou
     lines.append(f"VAD model    : {report['vad_model'] or 'missing'}")
     lines.append(f"TTS          : {tts.get('active', 'none')} (configured {tts['configured']}, "
                  f"{tts['rate_chars_per_minute']} 字/min)")
-    for key in ("identity", "fallback_reason", "cache_dir", "cached_phrases", "cached_replies",
+    for key in ("identity", "cantonese", "fallback_reason", "cache_dir", "cached_phrases", "cached_replies",
                 "test_synthesis_seconds", "error"):
         if tts.get(key) is not None:
             lines.append(f"  {key:<12}: {tts[key]}")

@@ -31,6 +31,7 @@ from backend.infra.private_files import secure_data_dir
 from backend.infra.sessions import make_session_store
 from backend.messaging.calls import CallLog
 from backend.messaging.outbox import Outbox
+from backend.outreach.prefs import LanguageStore
 from backend.people.dashboard import DashboardQueries
 from backend.people.exports import Exports
 from backend.people.proxy import OutboxNotifier, ProxyAwareBackend, ProxyPolicy, ProxyService
@@ -278,6 +279,7 @@ def build_runtime(
                            clock, ProxyPolicy.from_config(settings.config))
     guarded = ProxyAwareBackend(backend, proxies, lambda category: domain.label("category", category))
     engine = DialogueEngine(domain, guarded, settings.dialogue_settings(), clock)
-    assistant = Assistant(nlu, engine, sessions, clock, settings.session_ttl_seconds)
+    assistant = Assistant(nlu, engine, sessions, clock, settings.session_ttl_seconds,
+                          languages=LanguageStore(db_sessions, cipher, clock))
     return Runtime(settings, assistant, backend, sessions, clock, cipher, db_sessions,
                    CallLog(db_sessions, cipher, clock), proxies)

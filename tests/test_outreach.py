@@ -445,3 +445,30 @@ def test_a_1000_resident_notice_survives_kill_9_with_nobody_called_twice(tmp_pat
     with runtime.db_sessions() as s:
         assert s.scalar(select(func.count()).select_from(NoticeDelivery)) == total
     db.make_engine(url).dispose()
+
+
+def test_a_check_in_call_to_a_cantonese_speaker_is_in_cantonese(line: Line):
+    line.outreach.checkins.enrol(Enrolment("H001", language="yue"), "staff:test")
+    line.outreach.checkins.plan(WED)
+    line.move(datetime(2026, 11, 25, 9, 0, tzinfo=TZ))
+    (call,) = line.api.calls
+    first = line.answer(call)
+    assert said(first).startswith("阿姨你好，呢度系社区平安电话")
+    gather = first.find("Gather")
+    assert gather.get("language") == "yue-Hant-HK"
+    for say in first.iter("Say"):
+        assert say.get("language") == "yue-HK"  # Twilio's Cantonese voice on the phone path
+    ok = line.answer(type(call)(call.sid, call.to, PUBLIC_BASE_URL + gather.get("action"), call.status_callback,
+                                call.form, call.created), SpeechResult="几好，冇事")
+    assert "放心" in said(ok) and line.day("H001").state == "ok"
+
+
+@pytest.mark.parametrize(("digits", "speech", "meaning"), [
+    ("1", "", "yes"), ("0", "", "person"), ("9", "", "repeat"), ("8", "", "stop"), ("", "好的", "yes"),
+    ("", "几好，冇事", "yes"), ("", "没事儿", "yes"), ("", "不好，头晕", "person"), ("", "唔舒服", "person"),
+    ("", "不要再打了", "stop"), ("", "再听一遍", "repeat"), ("", "没吃", "no"), ("", "嗯嗯嗯", None),
+])
+def test_what_a_senior_says_on_an_outreach_call(digits, speech, meaning):
+    from backend.outreach.texts import spoken_answer
+
+    assert spoken_answer(digits, speech) == meaning

@@ -49,6 +49,15 @@ class Rendered:
     buttons: tuple[Button, ...] = ()
 
 
+def _templates(responses: Mapping[str, Any]) -> dict[str, list[ResponseTemplate]]:
+    return {
+        name: [ResponseTemplate(v["text"], v.get("slow"), v.get("speech"),
+                                tuple(Button(b["title"], b["payload"]) for b in v.get("buttons") or ()))
+               for v in variants]
+        for name, variants in responses.items()
+    }
+
+
 class _Blank(dict):
     def __missing__(self, key: str) -> str:
         return ""
@@ -84,17 +93,10 @@ class Domain:
         self.emergency_keywords: dict[str, list[str]] = {
             k: list(v) for k, v in (doc.get("emergency_keywords") or {}).items()
         }
-        self.responses: dict[str, list[ResponseTemplate]] = {}
-        for name, variants in (doc.get("responses") or {}).items():
-            self.responses[name] = [
-                ResponseTemplate(
-                    v["text"],
-                    v.get("slow"),
-                    v.get("speech"),
-                    tuple(Button(b["title"], b["payload"]) for b in v.get("buttons") or ()),
-                )
-                for v in variants
-            ]
+        self.responses = _templates(doc.get("responses") or {})
+        # Other languages' wording of the same responses (domain.yue.yml): by language, by name.
+        self.translations: dict[str, dict[str, list[ResponseTemplate]]] = {
+            language: _templates(responses) for language, responses in (doc.get("translations") or {}).items()}
         for form in self.forms.values():
             for slot in form.required_slots:
                 if slot not in self.slots:
@@ -102,7 +104,14 @@ class Domain:
 
     @classmethod
     def load(cls, path: Path) -> Domain:
-        return cls(yaml.safe_load(path.read_text(encoding="utf-8")))
+        """domain.yml, with each sibling domain.<language>.yml (e.g. domain.yue.yml) as that
+        language's wording of the responses."""
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for other in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
+            language = other.name[len(path.stem) + 1:-len(path.suffix)]
+            extra = yaml.safe_load(other.read_text(encoding="utf-8")) or {}
+            doc.setdefault("translations", {})[language] = extra.get("responses") or {}
+        return cls(doc)
 
     def require(self, needed: Mapping[str, str]) -> None:
         """Refuses, at start-up, a domain that lacks a response the dialogue will say (a form
@@ -126,13 +135,18 @@ class Domain:
         text_values: Mapping[str, Any] | None = None,
         speech_values: Mapping[str, Any] | None = None,
         slow: bool = False,
+        language: str = "zh",
     ) -> Rendered:
         """Fills a response. Text and speech use different renderings of the same values
-        (a phone number is grouped for reading, spelt digit by digit for listening)."""
-        variants = self.responses.get(name)
+        (a phone number is grouped for reading, spelt digit by digit for listening). In another
+        language, its wording of the response when it has one (else the Mandarin)."""
+        base = self.responses.get(name)
+        variants = (self.translations.get(language, {}).get(name) if language != "zh" else None) or base
         if not variants:
             raise KeyError(f"no response {name!r} in domain.yml")
         template = random.choice(variants) if len(variants) > 1 else variants[0]
+        if not template.buttons and base and base[0].buttons:  # a translation keeps the buttons
+            template = ResponseTemplate(template.text, template.slow, template.speech, base[0].buttons)
         text_values = text_values or {}
         speech_values = speech_values if speech_values is not None else text_values
         text = fill(template.slow if slow and template.slow else template.text, text_values)

@@ -11,6 +11,7 @@ skipping slots), confirm.py (the read-back), correction.py (the answer to it), a
 """
 from __future__ import annotations
 
+from assistant.dialogue import language
 from assistant.dialogue.actions import Actions
 from assistant.dialogue.confirm import ReadBack
 from assistant.dialogue.correction import Correction
@@ -54,11 +55,12 @@ class DialogueEngine:
 
     # -- entry point -----------------------------------------------------------------------------
     def handle(self, state: ConversationState, parse: ParseResult, message: UserMessage) -> list[Reply]:
-        turn = TurnReplies(self.domain)
+        turn = TurnReplies(self.domain, state.language)
         if message.phone and not state.phone:
             state.phone = message.phone
         state.remember("user", message.text, self.settings.transcript_turns)
-        self._dispatch(state, parse, message, turn)
+        if not self._language(state, parse, message, turn):
+            self._dispatch(state, parse, message, turn)
         if not turn.replies:  # every path must answer; this is the safety net
             turn.say("utter_default")
         for reply in turn.replies:
@@ -66,6 +68,40 @@ class DialogueEngine:
         if turn.said and turn.said[0][0] != "utter_repeat_prefix":
             state.last_replies = [{"said": s} for s in turn.said]
         return turn.replies
+
+    def _language(self, state: ConversationState, parse: ParseResult, message: UserMessage,
+                  turn: TurnReplies) -> bool:
+        """讲广东话 / 讲普通话, the answer to "您想用广东话吗？", or Cantonese heard for the first time
+        (the question is asked and the message kept to handle after the answer). True: answered."""
+        wanted = language.requested(message.text)
+        if wanted:
+            if state.offer == "language":
+                state.offer, state.replay = None, None
+            self._speak(state, turn, wanted)
+            if state.form:
+                self.forms.ask_next_or_help(state, turn)  # the same question, in the new language
+            else:
+                turn.say("utter_anything_else", expects="menu")
+            return True
+        if state.offer == "language":
+            state.offer = None
+            said = language.answer(message.text, parse.intent.name)
+            if said is None:  # something else: handled as usual, in Mandarin
+                state.replay, state.language_settled = None, True
+                return False
+            self._speak(state, turn, "yue" if said else "zh")  # `replay` is handled next (core.py)
+            return True
+        if (not state.language_settled and state.language == "zh" and message.channel != "sms" and not state.form
+                and language.sounds_cantonese(message.text) and not self.actions.emergency_kind(parse)):
+            state.offer, state.replay = "language", message.text
+            turn.say("utter_offer_cantonese", expects="yes_no")
+            return True
+        return False
+
+    @staticmethod
+    def _speak(state: ConversationState, turn: TurnReplies, lang: str) -> None:
+        state.language, state.language_settled, turn.language = lang, True, lang
+        turn.say(f"utter_language_{lang}")
 
     def _dispatch(self, state: ConversationState, parse: ParseResult, message: UserMessage, turn: TurnReplies) -> None:
         if not parse.normalized.strip():

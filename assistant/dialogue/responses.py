@@ -13,14 +13,15 @@ from assistant.types import Reply
 class TurnReplies:
     """Collects the replies of one turn and what is needed to say them again, slower."""
 
-    def __init__(self, domain: Domain) -> None:
+    def __init__(self, domain: Domain, language: str = "zh") -> None:
         self.domain = domain
+        self.language = language
         self.replies: list[Reply] = []
         self.said: list[list[Any]] = []
 
     def say(self, name: str, text_values: Mapping[str, Any] | None = None,
             speech_values: Mapping[str, Any] | None = None, *, slow: bool = False, **flags: Any) -> None:
-        rendered = self.domain.render(name, text_values, speech_values, slow=slow)
+        rendered = self.domain.render(name, text_values, speech_values, slow=slow, language=self.language)
         self.replies.append(Reply(rendered.text, rendered.buttons, rendered.speech, name=name, **flags))
         self.said.append([name, dict(text_values or {}), dict(speech_values or text_values or {})])
 
@@ -34,7 +35,8 @@ FIXED_RESPONSES = (
     "utter_already_applied", "utter_already_applied_elsewhere", "utter_anything_else", "utter_ask_again_prefix",
     "utter_busy", "utter_cancelled", "utter_confirm_buttons", "utter_continue", "utter_default",
     "utter_emergency_medical", "utter_emergency_unsaved", "utter_goodbye", "utter_greet",
-    "utter_handoff_after_hours", "utter_handoff_office_hours", "utter_help", "utter_invalid_text", "utter_no_input",
+    "utter_handoff_after_hours", "utter_handoff_office_hours", "utter_help", "utter_invalid_text",
+    "utter_language_yue", "utter_language_zh", "utter_no_input", "utter_offer_cantonese",
     "utter_nothing_to_cancel", "utter_nothing_to_repeat", "utter_offer_human", "utter_out_of_scope",
     "utter_progress_how_without_caller_id", "utter_progress_item", "utter_progress_more", "utter_progress_none",
     "utter_progress_phone_unverified", "utter_proxy_refused", "utter_repeat_prefix", "utter_start_form",

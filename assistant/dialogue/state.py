@@ -32,6 +32,8 @@ class ConversationState:
     last_message_id: str | None = None
     transcript: list[list[str]] = field(default_factory=list)
     language: str = "zh"  # spoken language of the conversation ("zh", "yue")
+    language_settled: bool = False  # asked, chosen, or set by a preference: do not ask again
+    replay: str | None = None  # a message to handle again once "您想用广东话吗？" is answered
 
     def start_form(self, name: str) -> None:
         self.form = name

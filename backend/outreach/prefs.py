@@ -2,10 +2,14 @@
 Cantonese, notices by SMS or voice, no more notice calls. Every change is audited."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import select
 
 from backend.infra.crypto import FieldCipher
-from backend.infra.tx import UnitOfWork
+from backend.infra.tx import TransactionRunner, UnitOfWork
 from backend.outreach.store import ContactPreference
 
 LANGUAGES = ("zh", "yue")
@@ -44,3 +48,28 @@ class Preferences:
         unit.session.flush()
         unit.audit(actor, "update", pref.id, entity_type="contact_preference", fields=sorted(values))
         return pref
+
+
+class LanguageStore:
+    """The core's LanguagePreferences port on the store: what a resident chose ("讲广东话") is
+    remembered for their next call, chat or outreach call; on SMS, Cantonese only when they asked
+    for it by SMS (written Cantonese)."""
+
+    def __init__(self, sessions: Callable[[], Any], cipher: FieldCipher, clock: Callable[[], datetime]) -> None:
+        self.prefs = Preferences(cipher)
+        self.runner = TransactionRunner(sessions, clock)
+
+    def language_for(self, phone: str, channel: str) -> str | None:
+        pref = self.runner.run(lambda unit: self.prefs.find(unit, self.prefs.phone_hash(phone)))
+        if pref is None or pref.language not in LANGUAGES:
+            return None
+        if channel == "sms" and pref.language == "yue" and not pref.written_cantonese:
+            return None  # standard written Chinese by SMS unless asked
+        return pref.language
+
+    def remember(self, phone: str, language: str, channel: str) -> None:
+        values: dict[str, Any] = {"language": language}
+        if channel == "sms":
+            values["written_cantonese"] = language == "yue"
+        self.runner.run(lambda unit: self.prefs.update(unit, self.prefs.phone_hash(phone), f"resident:{channel}",
+                                                       **values))

@@ -52,6 +52,7 @@ TEXTS_YUE: dict[str, str] = {
 YES_WORDS = ("好", "平安", "没事", "没事儿", "都好", "挺好", "很好", "还好", "冇事", "几好", "是", "系", "对", "吃了", "食咗")
 PERSON_WORDS = ("不好", "唔好", "不舒服", "唔舒服", "难受", "帮忙", "帮手", "救命", "人工", "工作人员")
 NO_WORDS = ("不是", "唔系", "没有", "没吃", "未食", "冇")
+FINE_WORDS = ("没事", "冇事", "没问题", "冇问题", "几好", "都好", "挺好", "很好", "还好")  # negation inside, yet "yes"
 REPEAT_WORDS = ("再听一遍", "再听一次", "重听", "再讲一次", "再说一遍", "没听清")
 STOP_WORDS = ("不要再打", "别再打", "不要打了", "别打了", "唔好再打", "唔使再打", "退订")
 
@@ -81,7 +82,7 @@ def spoken_answer(digits: str, speech: str) -> str | None:
     if not speech:
         return None
     for answer, words in (("stop", STOP_WORDS), ("repeat", REPEAT_WORDS), ("person", PERSON_WORDS),
-                          ("no", NO_WORDS), ("yes", YES_WORDS)):
+                          ("yes", FINE_WORDS), ("no", NO_WORDS), ("yes", YES_WORDS)):
         if heard(speech, words):
             return answer
     return None
