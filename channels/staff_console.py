@@ -48,7 +48,7 @@ NAME = "console"
 COOKIE = "console_session"
 LOGIN_COOKIE = "console_login_csrf"
 SECTION_LABELS = {"handoffs": "人工接听", "tickets": "报事工单", "alerts": "关爱告警", "residents": "居民",
-                  "grants": "代办授权", "dashboard": "数据看板", "map": "工单地图"}  # home opens the first one a role has
+                  "grants": "代办授权", "dashboard": "数据看板", "map": "工单地图", "outreach": "平安电话和通知"}  # home opens the first one a role has
 TICKET_ACTIONS = {"accept": "受理", "start": "开始处理", "resolve": "办结", "reject": "退回",
                   "reopen": "重新处理", "close": "结束"}
 ALERT_ACTIONS = {"acknowledge": "收到", "visited": "已上门", "close": "关闭告警"}
@@ -56,7 +56,13 @@ ALERT_STATES_ZH = {"open": "新告警", "notified": "已通知", "escalated": "�
                    "visited": "已上门", "closed": "已关闭"}
 LEVELS_ZH = {"info": "提示", "warning": "注意", "urgent": "紧急", "critical": "危急"}
 RULES_ZH = {"no_water": "长时间未用水", "electricity_drop": "用电骤降", "no_door": "长时间未开门",
-            "gas_leak": "燃气泄漏", "heart_rate": "心率异常", "sensor_offline": "设备离线"}
+            "gas_leak": "燃气泄漏", "heart_rate": "心率异常", "sensor_offline": "设备离线",
+            "checkin_missed": "平安电话未接", "checkin_help": "平安电话求助"}
+CHECKIN_STATES_ZH = {"ok": "平安", "help": "要帮助", "missed": "未接通", "skipped": "免打（有用水等活动）",
+                     "planned": "待拨打", "calling": "拨打中", "retrying": "待重拨", "waiting_sms": "等短信回复"}
+DELIVERY_STATES_ZH = {"delivered": "已送达", "listened": "已听完", "failed": "失败", "opted_out": "已退订",
+                      "pending": "待发送", "sending": "发送中"}
+NOTICE_CHANNELS_ZH = {"sms": "短信", "voice": "语音电话", "preference": "按居民习惯"}
 CHANNELS_ZH = {"twilio_voice": "电话", "phone": "电话", "voice": "电话", "sms": "短信", "twilio_sms": "短信",
                "rest": "网页", "kiosk": "自助机", "terminal": "终端", "open311": "网上报事"}
 REASONS_ZH = {"user_request": "居民要求", "emergency": "紧急情况", "misunderstood": "多次没听懂",
@@ -189,7 +195,12 @@ class StaffConsole:
         demand = hourly_bars(board.demand, self.tz, title="最近72小时每小时新增工单和人工请求")
         kinds = [(k, EXPORT_LABELS[k]) for k, section in KINDS.items() if self.queries.allows(g.staff, section)]
         since, until = self._export_range()
+        checkins = None
+        if self.queries.allows(g.staff, "outreach"):
+            grids = tuple(g.staff.grids) if g.staff.role != "admin" and g.staff.grids else None
+            checkins = self.runtime.outreach.checkins.counts(until, grids)
         return self.page("dashboard.html", board=board, demand=demand, meter=meter, percent=_percent,
+                         checkins=checkins, checkin_states=CHECKIN_STATES_ZH,
                          export_kinds=kinds, export_since=since, export_until=until,
                          categories=self.runtime.staff.exports.taxonomy.categories)
 
@@ -311,6 +322,55 @@ class StaffConsole:
                                          (request.form.get("note") or "").strip()[:200] or None)
         return redirect(url_for(f"{NAME}.alerts"), 303)
 
+    # --- outreach: check-in streaks, notices -----------------------------------------------------------
+    def outreach(self, preview: Any = None, draft: dict[str, str] | None = None, error: str | None = None,
+                 status: int = 200):
+        outreach = self.runtime.outreach
+        today = self.directory.now().astimezone(self.tz).date()
+        grids = tuple(g.staff.grids) if g.staff.role != "admin" and g.staff.grids else None
+        return self.page("outreach.html", status, checkins=outreach.checkins.summaries(today, grids),
+                         states=CHECKIN_STATES_ZH, notices=outreach.notices.reports(limit=20),
+                         delivery=DELIVERY_STATES_ZH, channels=NOTICE_CHANNELS_ZH, preview=preview,
+                         draft=draft or {}, error=error, own_grids=grids or (), can_send=self._may_send())
+
+    def _may_send(self) -> bool:
+        return g.staff.role in ("admin", "grid_worker")
+
+    def _notice_form(self) -> tuple[dict[str, str], Any]:
+        from backend.outreach.notices import Audience
+
+        draft = {k: (request.form.get(k) or "").strip() for k in ("title", "body", "audience", "grids", "building",
+                                                                   "channel")}
+        grids = tuple(x for x in draft["grids"].replace("，", ",").split(",") if x.strip())
+        if g.staff.role != "admin" and g.staff.grids:  # a grid worker reaches their own grids only
+            if draft["audience"] in ("all", "") or any(x not in g.staff.grids for x in grids):
+                draft["audience"], grids = "grid", tuple(g.staff.grids)
+        grids = tuple(x.strip() for x in grids)
+        draft["grids"] = ",".join(grids)  # what the page shows is what is sent
+        return draft, Audience(draft["audience"] or "all", grids, draft["building"] or None)
+
+    def notice_preview(self):
+        if not self._may_send():
+            abort(403)
+        try:
+            draft, audience = self._notice_form()
+            preview = self.runtime.outreach.notices.preview(draft["title"], draft["body"], audience,
+                                                            draft["channel"] or "preference")
+        except ValueError as exc:
+            return self.outreach(draft=dict(request.form), error=str(exc), status=400)
+        return self.outreach(preview=preview, draft=draft)
+
+    def notice_send(self):
+        if not self._may_send():
+            abort(403)
+        try:
+            draft, audience = self._notice_form()
+            self.runtime.outreach.notices.create(draft["title"], draft["body"], audience,
+                                                 draft["channel"] or "preference", g.staff.actor)
+        except ValueError as exc:
+            return self.outreach(draft=dict(request.form), error=str(exc), status=400)
+        return redirect(url_for(f"{NAME}.outreach"), 303)
+
     # --- residents -----------------------------------------------------------------------------------
     def residents(self):
         query = (request.args.get("q") or "").strip()[:40]
@@ -364,6 +424,9 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str | None]] = [
     ("GET", "/tickets/<reference>", StaffConsole.ticket, "tickets"),
     ("POST", "/tickets/<reference>/act", StaffConsole.ticket_action, "tickets"),
     ("GET", "/alerts", StaffConsole.alerts, "alerts"),
+    ("GET", "/outreach", StaffConsole.outreach, "outreach"),
+    ("POST", "/outreach/preview", StaffConsole.notice_preview, "outreach"),
+    ("POST", "/outreach/send", StaffConsole.notice_send, "outreach"),
     ("POST", f"/alerts/<{BIGINT}:alert_id>/<action>", StaffConsole.alert_action, "alerts"),
     ("GET", "/residents", StaffConsole.residents, "residents"),
     ("GET", f"/residents/<{BIGINT}:resident_id>", StaffConsole.resident, "residents"),

@@ -414,10 +414,15 @@ class Checkins:
 
         return self.runner.run(work)
 
-    def counts(self, day: date) -> dict[str, int]:
+    def counts(self, day: date, grids: tuple[str, ...] | None = None) -> dict[str, int]:
+        """Check-ins of `day` by state (within `grids` when given): the dashboard's figures."""
+
         def work(unit: AlertUnit) -> dict[str, int]:
-            rows = unit.session.execute(select(CheckinDay.state, func.count()).where(CheckinDay.day == day)
-                                        .group_by(CheckinDay.state)).all()
+            query = select(CheckinDay.state, func.count()).where(CheckinDay.day == day)
+            if grids is not None:
+                query = query.join(CareHousehold, CareHousehold.id == CheckinDay.household_id).where(
+                    CareHousehold.grid_id.in_(grids))
+            rows = unit.session.execute(query.group_by(CheckinDay.state)).all()
             return {state: int(n) for state, n in rows}
 
         return self.runner.run(work)

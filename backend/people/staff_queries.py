@@ -38,9 +38,9 @@ T = TypeVar("T")
 
 # Which console sections each role has at all (the navigation, and a 403 before any query).
 SECTIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({"dashboard", "map", "handoffs", "tickets", "alerts", "residents", "grants"}),
-    "grid_worker": frozenset({"dashboard", "map", "tickets", "alerts", "residents", "grants"}),
-    "social_worker": frozenset({"dashboard", "alerts", "residents", "grants"}),
+    "admin": frozenset({"dashboard", "map", "handoffs", "tickets", "alerts", "outreach", "residents", "grants"}),
+    "grid_worker": frozenset({"dashboard", "map", "tickets", "alerts", "outreach", "residents", "grants"}),
+    "social_worker": frozenset({"dashboard", "alerts", "outreach", "residents", "grants"}),
     "department_handler": frozenset({"dashboard", "map", "tickets"}),
     "agent": frozenset({"dashboard", "handoffs"}),
 }
