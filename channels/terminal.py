@@ -3,7 +3,8 @@ the same call flow for staff training and demos. What the terminal itself prints
 conversation (help, speaker labels) is in domain.yml (`utter_terminal_*`), picked by name."""
 from __future__ import annotations
 
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO, TypeVar
 
 from assistant.dialogue.domain import Domain
 from assistant.ivr import CallInput
@@ -68,6 +69,34 @@ def run_chat(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, sender: str
             break
 
 
+class _Step(Protocol):
+    """What both kinds of call say and do next (phone_call.CallStep, outreach's CallScript)."""
+
+    say: tuple[str, ...]
+    next: str
+
+
+S = TypeVar("S", bound=_Step)
+
+
+def _play(step: S, heard: Callable[[S, CallInput], S], stdin: TextIO, stdout: TextIO, line: TerminalLines) -> None:
+    """Says each step, reads the caller's keys (digits, *, #) or words, until the call ends."""
+    while True:
+        stdout.write(line("hotline", text="".join(step.say)) + "\n")
+        if step.next == "person":
+            stdout.write(line("to_person") + "\n")
+        if step.next != "listen":
+            return
+        stdout.write(line("caller"))
+        stdout.flush()
+        said = stdin.readline()
+        if not said or said.strip() == "/hangup":
+            return
+        text = said.strip()
+        is_keys = bool(text) and all(ch in KEYS for ch in text)
+        step = heard(step, CallInput(digits=text if is_keys else "", speech="" if is_keys else text))
+
+
 def run_call(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, caller: str | None = None,
              sender: str = "CAterminal0001", language: str | None = None) -> None:
     """`python -m assistant call`: a phone call in the terminal, for staff training. Type keys
@@ -76,22 +105,9 @@ def run_call(runtime: ChannelRuntime, stdin: TextIO, stdout: TextIO, caller: str
     line = TerminalLines(runtime.domain)
     runtime.assistant.reset(CALL_CHANNEL, sender)
     stdout.write(line("call_help") + "\n")
-    step = phone.greet(sender, caller, language)
-    while True:
-        stdout.write(line("hotline", text="".join(step.say)) + "\n")
-        if step.next == "person":
-            stdout.write(line("to_person") + "\n")
-        if step.next != "listen":
-            break
-        stdout.write(line("caller"))
-        stdout.flush()
-        said = stdin.readline()
-        if not said or said.strip() == "/hangup":
-            break
-        text = said.strip()
-        is_keys = bool(text) and all(ch in KEYS for ch in text)
-        value = CallInput(digits=text if is_keys else "", speech="" if is_keys else text)
-        step = phone.heard(sender, caller, step.step or "main", step.expects, step.tries, value)
+    _play(phone.greet(sender, caller, language),
+          lambda step, value: phone.heard(sender, caller, step.step or "main", step.expects, step.tries, value),
+          stdin, stdout, line)
     runtime.calls.end(sender, "completed")
 
 
@@ -100,22 +116,9 @@ def run_checkin_call(runtime: ChannelRuntime, household: str, stdin: TextIO, std
     """`python -m assistant call --checkin H001`: today's 平安电话 of one household, played in the
     terminal (type 1 / 0 / 9 or the words the senior would say)."""
     outreach = runtime.outreach
-    line = TerminalLines(runtime.domain)
     call_id, sid = outreach.checkins.terminal_call(household, language)
-    script = outreach.answer(call_id, "start")
-    while True:
-        stdout.write(line("hotline", text="".join(script.say)) + "\n")
-        if script.next == "person":
-            stdout.write(line("to_person") + "\n")
-        if script.next != "listen":
-            break
-        stdout.write(line("caller"))
-        stdout.flush()
-        said = stdin.readline()
-        if not said or said.strip() == "/hangup":
-            break
-        text = said.strip()
-        is_keys = bool(text) and all(ch in KEYS for ch in text)
-        script = outreach.answer(call_id, script.step or "ask", text if is_keys else "", "" if is_keys else text,
-                                 script.tries)
+    _play(outreach.answer(call_id, "start"),
+          lambda script, value: outreach.answer(call_id, script.step or "ask", value.digits, value.speech,
+                                                script.tries),
+          stdin, stdout, TerminalLines(runtime.domain))
     outreach.calls.on_status(call_id, sid, "completed")

@@ -34,6 +34,13 @@ from core_fixtures import TZ
 from runtime import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*argv: str) -> int:
+    """A CLI command as `python -m assistant` runs it, without its logging set-up (which would hold
+    on to pytest's captured stderr after the test)."""
+    args = cli.build_parser().parse_args(list(argv))
+    return int(args.func(args) or 0)
 SHIPPED = load_settings({}).config
 WED = date(2026, 11, 25)
 
@@ -89,7 +96,7 @@ def test_a_check_in_day_of_50_residents_gives_exactly_the_expected_retries_alert
 
 
 def test_checkin_simulate_prints_json_lines(capsys):
-    assert cli.main(["checkin", "simulate", "--households", "6", "--no-answer", "1", "--press-0", "1"]) == 0
+    assert run_cli("checkin", "simulate", "--households", "6", "--no-answer", "1", "--press-0", "1") == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["event"] == "summary"
     assert lines[-1]["checkins"] == {"ok": 4, "missed": 1, "help": 1}
@@ -472,3 +479,56 @@ def test_what_a_senior_says_on_an_outreach_call(digits, speech, meaning):
     from backend.outreach.texts import spoken_answer
 
     assert spoken_answer(digits, speech) == meaning
+
+
+def test_a_call_that_never_gets_its_end_is_ended_as_unanswered_and_the_day_moves_on(line: Line):
+    line.outreach.checkins.enrol(Enrolment("H001"), "staff:test")
+    line.outreach.checkins.plan(WED)
+    line.api.fail_next = 100  # Twilio answers 500 all morning: the call job keeps failing
+    try:
+        line.move(datetime(2026, 11, 25, 9, 0, tzinfo=TZ))
+        assert line.api.calls == [] and line.day("H001").state == "calling"
+        line.move(datetime(2026, 11, 25, 9, 31, tzinfo=TZ))  # no end after 30 minutes
+        day = line.day("H001")
+        assert (day.state, day.note) == ("retrying", "no-callback")
+    finally:
+        line.api.fail_next = 0
+    line.move(datetime(2026, 11, 25, 9, 52, tzinfo=TZ))
+    assert len(line.api.calls) == 1  # the second attempt goes out once Twilio is back
+
+
+def test_call_checkin_plays_todays_call_in_the_terminal(line: Line):
+    import io
+
+    from channels.terminal import run_checkin_call
+
+    line.sms.clock.now = datetime(2026, 11, 25, 9, 30, tzinfo=TZ)
+    out = io.StringIO()
+    run_checkin_call(line.runtime, "H002", io.StringIO("嗯？\n1\n"), out, language="yue")
+    said = out.getvalue()
+    assert "叔叔你好，呢度系社区平安电话" in said and "听唔清楚" in said and "放心" in said
+    assert (line.day("H002").state, line.day("H002").answer) == ("ok", "ok")
+    with pytest.raises(ValueError, match="already done"):
+        run_checkin_call(line.runtime, "H002", io.StringIO("1\n"), io.StringIO())
+    with pytest.raises(ValueError, match="unknown household"):
+        run_checkin_call(line.runtime, "H404", io.StringIO("1\n"), io.StringIO())
+
+
+def test_notices_send_previews_a_file_and_sends_only_with_yes(tmp_path, monkeypatch, capsys, model_dir):
+    data = tmp_path / "var"
+    for key, value in {"DATA_DIR": str(data), "DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}",
+                       "MODEL_DIR": str(model_dir)}.items():
+        monkeypatch.setenv(key, value)
+    data.mkdir()
+    notice = tmp_path / "notice.yml"
+    notice.write_text("title: 停水通知\nbody: 12月8日停水。\nchannel: sms\naudience: {kind: all}\n", encoding="utf-8")
+    assert run_cli("notices", "send", str(notice)) == 0
+    (preview,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert preview["preview"]["recipients"] == 0 and preview["preview"]["segments"] == 1
+    assert run_cli("notices", "send", str(notice), "--yes") == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"notice": 1}
+    assert run_cli("notices", "report") == 0
+    (report,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert report["title"] == "停水通知" and report["recipients"] == 0
+    notice.write_text("title: ''\nbody: x\n", encoding="utf-8")
+    assert run_cli("notices", "send", str(notice)) == 2

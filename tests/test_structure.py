@@ -60,4 +60,5 @@ def test_channels_never_read_the_core_session_layout():
 def test_backend_is_grouped_by_domain():
     top = sorted(p.name for p in (ROOT / "backend").iterdir()
                  if p.name != "__pycache__" and (p.suffix == ".py" or p.is_dir()))
-    assert top == ["__init__.py", "affairs", "alerts", "infra", "messaging", "migrations", "people", "tickets"]
+    assert top == ["__init__.py", "affairs", "alerts", "infra", "messaging", "migrations", "outreach", "people",
+                   "tickets"]

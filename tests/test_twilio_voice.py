@@ -460,4 +460,4 @@ def test_say_voice_follows_the_calls_language(voice_env, nlu, clock):
     assert says and all(s.get("language") == "yue-HK" for s in says)
     assert all(s.get("voice") == "Google.yue-HK-Standard-A" for s in says)
     assert {p.get("rate") for p in phone.xml.iter("prosody")} == {"85%"}
-    assert phone.says("办老年证，请按1")
+    assert phone.says("办老年证，请撳1")  # the menu in its Cantonese wording (ivr_flows/main.yue.yml)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -32,6 +32,10 @@ from backend.outreach.store import OutboundCall
 log = logging.getLogger(__name__)
 
 CALL_JOB = "outreach.call"
+TIMEOUT_JOB = "outreach.call_timeout"
+# A call with no final status this long after it was due (the job dead-lettered while Twilio was
+# down, a status callback lost) is ended here as unanswered, so its check-in or notice moves on.
+CALL_TIMEOUT = timedelta(minutes=30)
 FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 
 
@@ -108,7 +112,23 @@ class OutboundCalls:
         unit.session.flush()
         jobs.enqueue_in(unit.session, CALL_JOB, {"call_id": call.id}, run_at, f"{CALL_JOB}:{call.id}", unit.now,
                         new=True)
+        jobs.enqueue_in(unit.session, TIMEOUT_JOB, {"call_id": call.id}, run_at + CALL_TIMEOUT,
+                        f"{TIMEOUT_JOB}:{call.id}", unit.now, new=True)
         return call
+
+    def timeout(self, call_id: int) -> None:
+        """Job outreach.call_timeout: a call still without its end is ended as unanswered."""
+
+        def work(unit: AlertUnit) -> None:
+            call = unit.session.get(OutboundCall, call_id, with_for_update=True)
+            if call is None or call.state in ("ended", "failed"):
+                return
+            log.warning("outbound call %d had no final status after %s: ended as unanswered", call_id, CALL_TIMEOUT)
+            call.state, call.ended_at, call.updated_at = "ended", unit.now, unit.now
+            call.status = "no-callback"
+            self._tell(unit, call)
+
+        self.runner.run(work)
 
     def record_local(self, unit: AlertUnit, purpose: str, ref_id: int, attempt: int, phone: str,
                      language: str) -> OutboundCall:

@@ -2,6 +2,7 @@
 residents' contact preferences) and the jobs a worker runs for it:
 
   outreach.call     {call_id}   place one outbound call (backend.outreach.calls)
+  outreach.call_timeout {call_id}  end a call that never got its final status, as unanswered
   checkin.plan      {}          today's check-ins, daily at outreach.checkin.plan_at
   checkin.attempt   {day_id}    the next call / SMS of one check-in, or the end of its wait
   notice.send       {notice_id} deliveries for a notice's audience, queued on their channels
@@ -17,7 +18,7 @@ from backend.alerts.unit import AlertUnit
 from backend.infra import jobs
 from backend.infra.tx import TransactionRunner
 from backend.messaging.outbox import Outbox
-from backend.outreach.calls import CALL_JOB, CallDialer, CallSettings, OutboundCalls
+from backend.outreach.calls import CALL_JOB, TIMEOUT_JOB, CallDialer, CallSettings, OutboundCalls
 from backend.outreach.checkins import ATTEMPT_JOB, PLAN_JOB, PLAN_KEY, Checkins, Handoffs
 from backend.outreach.notices import SEND_JOB, Notices
 from backend.outreach.policy import OutreachPolicy
@@ -44,6 +45,7 @@ class Outreach:
     def job_handlers(self) -> dict[str, Callable[[Mapping[str, Any]], None]]:
         return {
             CALL_JOB: lambda p: self.calls.place(int(p["call_id"])),
+            TIMEOUT_JOB: lambda p: self.calls.timeout(int(p["call_id"])),
             PLAN_JOB: lambda p: {self.checkins.plan_daily()} and None,
             ATTEMPT_JOB: lambda p: self.checkins.attempt(int(p["day_id"])),
             SEND_JOB: lambda p: {self.notices.send(int(p["notice_id"]))} and None,
