@@ -8,6 +8,7 @@ written down here, once: `PendingSpeech` (speech heard with low confidence, wait
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +18,8 @@ from assistant.ports import SessionStore, StoreUnavailable
 from assistant.types import Turn, UserMessage
 from channels.runtime_port import ChannelRuntime
 from channels.scratch import Scratch
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "voice"
 LANGUAGES = ("zh", "yue")  # Mandarin (default), Cantonese
@@ -142,7 +145,23 @@ class PhoneCall:
         turn = self._core(call_sid, caller, "/request_human")
         reference = _reference(turn)
         self.calls.step(call_sid, "human", outcome="handoff", handoff_reference=reference)
-        return CallStep((*say, *_spoken(turn)), _after_handoff(turn), reference=reference)
+        return self._handed_over(turn, (*say, *_spoken(turn)), reference, caller, call_sid)
+
+    def _handed_over(self, turn: Turn, spoken: Sequence[str], reference: str | None, caller: str | None,
+                     call_sid: str) -> CallStep:
+        after = _after_handoff(turn)
+        if after == "end":  # nobody now (after hours): the promised call back is scheduled
+            self.promise_callback(reference or "", caller, call_sid)
+        return CallStep(tuple(spoken), after, reference=reference)
+
+    def promise_callback(self, reference: str, caller: str | None, call_sid: str) -> None:
+        """Best effort: the handoff is in the staff queue whatever happens here."""
+        if not reference or not caller:
+            return
+        try:
+            self.runtime.outreach.callbacks.schedule(reference, caller, self.language(call_sid))
+        except Exception:
+            log.exception("call-back for handoff %s not scheduled (it stays in the staff queue)", reference)
 
     def forget(self, call_sid: str) -> None:
         """The call ended: drop what it kept aside."""
@@ -162,7 +181,7 @@ class PhoneCall:
         if turn.handoff:
             reference = _reference(turn)
             self.calls.step(call_sid, "handoff", outcome="handoff", handoff_reference=reference)
-            return CallStep(spoken, _after_handoff(turn), reference=reference)
+            return self._handed_over(turn, spoken, reference, caller, call_sid)
         nav = self.navs.get(turn.status.language, self.nav)
         if turn.ended:
             return CallStep((*spoken, nav.message("goodbye")), "end")

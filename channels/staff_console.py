@@ -28,6 +28,7 @@ from flask import Blueprint, Response, abort, g, make_response, redirect, render
 from werkzeug.exceptions import HTTPException
 
 from backend.infra.models import STATUS_LABELS_ZH
+from backend.outreach.callbacks import CALLBACK_LABELS
 from backend.people.exports import KINDS, ExportFilter
 from backend.people.proxy import RELATION_LABELS_ZH, SCOPE_LABELS_ZH
 from backend.people.staff_queries import (
@@ -80,7 +81,7 @@ BIGINT = "int(max=9223372036854775807)"  # ids beyond a database integer are 404
 
 
 
-EXPORT_LABELS = {"tickets": "工单", "alerts": "关爱告警"}
+EXPORT_LABELS = {"tickets": "工单", "alerts": "关爱告警", "checkins": "平安电话", "notices": "通知"}
 EXPORT_TYPES = {"csv": "text/csv", "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
 
 
@@ -235,10 +236,28 @@ class StaffConsole:
         response.headers["Content-Disposition"] = f'attachment; filename="{kind}-{since}-{until}.{fmt}"'
         return response
 
+    def weekly(self):
+        """周报: one grid's week as an Excel workbook (the week starting on Monday `week`)."""
+        grid = (request.args.get("grid") or "").strip()[:32]
+        try:
+            monday = date.fromisoformat(request.args.get("week") or "")
+        except ValueError:
+            today = self.directory.now().astimezone(self.tz).date()
+            monday = today - timedelta(days=today.weekday())
+        if not grid or (g.staff.role != "admin" and g.staff.grids and grid not in g.staff.grids):
+            abort(400 if not grid else 403)
+        monday -= timedelta(days=monday.weekday())
+        response = Response(self.runtime.staff.exports.weekly(g.staff, grid, monday), mimetype=EXPORT_TYPES["xlsx"])
+        response.headers["Content-Disposition"] = f'attachment; filename="weekly-{grid}-{monday}.xlsx"'
+        return response
+
     # --- handoffs ------------------------------------------------------------------------------------
     def handoffs(self):
-        return self.page("handoffs.html", rows=self.queries.handoffs(g.staff), reasons=REASONS_ZH,
-                         silence=SILENCE_ZH, channels=CHANNELS_ZH, forms=self.domain.labels.get("category", {}))
+        rows = self.queries.handoffs(g.staff)
+        callbacks = self.runtime.outreach.callbacks.states([h.reference for h in rows if h.channel == "voice"])
+        return self.page("handoffs.html", rows=rows, reasons=REASONS_ZH, silence=SILENCE_ZH, channels=CHANNELS_ZH,
+                         forms=self.domain.labels.get("category", {}), callbacks=callbacks,
+                         callback_labels=CALLBACK_LABELS)
 
     def handoff(self, reference: str):
         if not self.queries.can_see_handoff(g.staff, reference):
@@ -416,6 +435,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], str | None]] = [
     ("GET", "/", StaffConsole.home, None),
     ("GET", "/dashboard", StaffConsole.dashboard, "dashboard"),
     ("GET", "/export", StaffConsole.export, "dashboard"),  # and the section of what is exported
+    ("GET", "/weekly", StaffConsole.weekly, "dashboard"),
     ("GET", "/handoffs", StaffConsole.handoffs, "handoffs"),
     ("GET", "/handoffs/<reference>", StaffConsole.handoff, "handoffs"),
     ("POST", "/handoffs/<reference>/<action>", StaffConsole.handoff_action, "handoffs"),

@@ -4,6 +4,8 @@ POST /webhooks/twilio/outreach/answer?call=<id>&step=<step>&tries=<n>
                                      answered call → what to say, then one key or a few words
 POST /webhooks/twilio/outreach/status?call=<id>
                                      status callback (queued … completed / no-answer / busy / failed)
+POST /webhooks/twilio/outreach/dial-done?call=<id>&ref=<handoff>
+                                     after <Dial> to the agent line: answered, or a call back later
 
 Signed like every Twilio webhook. The call's id and step travel in the URL, so any worker takes the
 next request. Every answer is valid TwiML: a failure apologises and ends politely (the call then
@@ -15,12 +17,13 @@ import logging
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
-from twilio.twiml.voice_response import Gather, VoiceResponse
+from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
 
 from backend.outreach.script import CallScript
 from channels.routes import register
 from channels.runtime_port import ChannelRuntime
 from channels.twilio_signature import TwilioConfig, TwilioSignature
+from channels.twilio_voice import BASE as VOICE_BASE
 from channels.twilio_voice import GATHER_LANGUAGES, TwimlRenderer
 
 log = logging.getLogger(__name__)
@@ -67,10 +70,42 @@ class OutreachHooks:
         for sentence in script.say:
             self.twiml.say(response, sentence, lang)
         if script.next == "person":
-            self.twiml.dial(response, script.reference, self.runtime.outreach.texts.get("checkin_help_no_agent", lang),
-                            lang)
+            self._dial(response, call_id, script)
         else:
             response.hangup()
+        return _xml(response)
+
+    def _dial(self, response: VoiceResponse, call_id: int, script: CallScript) -> None:
+        """To the agent line, with the case's whisper; nobody there: said so, and called back."""
+        agent = self.runtime.settings.env.get("AGENT_NUMBER") or None
+        if not agent:
+            self.twiml.say(response, self.runtime.outreach.texts.get("checkin_help_no_agent", script.language),
+                           script.language)
+            response.hangup()
+            return
+        query = urlencode({"call": call_id, "ref": script.reference or ""})
+        dial = Dial(action=f"{BASE}/dial-done?{query}", method="POST", timeout=30)
+        dial.number(agent, url=f"{VOICE_BASE}/whisper?{urlencode({'ref': script.reference or ''})}", method="POST")
+        response.append(dial)
+
+    def dial_done(self) -> Response:
+        """The agent line answered (done) or not: a call-back tries again later; a check-in or
+        notice caller who asked for a person gets a call-back for their handoff."""
+        call_id = self._call_id()
+        response = VoiceResponse()
+        answered = (request.form.get("DialCallStatus") or "").lower() in {"completed", "answered"}
+        if call_id is not None and not answered:
+            outreach = self.runtime.outreach
+            language = outreach.call_language(call_id)
+            if outreach.call_purpose(call_id) == "callback":
+                outreach.callbacks.agent_answered(call_id, False)
+                self.twiml.say(response, outreach.texts.get("callback_no_agent", language), language)
+            else:
+                outreach.promise_callback(call_id, request.args.get("ref") or "")
+                self.twiml.say(response, outreach.texts.get("call_transfer_later", language), language)
+        elif call_id is not None:
+            self.runtime.outreach.callbacks.agent_answered(call_id, True)
+        response.hangup()
         return _xml(response)
 
     def answer(self) -> Response:
@@ -108,4 +143,5 @@ def make_blueprint(runtime: ChannelRuntime) -> Blueprint:
     hooks = OutreachHooks(runtime)
     bp = Blueprint(NAME, __name__)
     bp.before_request(hooks.check_signature)
-    return register(bp, (("POST", f"{BASE}/answer", hooks.answer), ("POST", f"{BASE}/status", hooks.status)), hooks)
+    return register(bp, (("POST", f"{BASE}/answer", hooks.answer), ("POST", f"{BASE}/status", hooks.status),
+                         ("POST", f"{BASE}/dial-done", hooks.dial_done)), hooks)

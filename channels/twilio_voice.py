@@ -127,7 +127,7 @@ class TwimlRenderer:
             self.say(response, no_agent, language)
             response.hangup()
             return
-        dial = Dial(action=f"{BASE}/dial-done", method="POST", timeout=30)
+        dial = Dial(action=f"{BASE}/dial-done?{urlencode({'ref': reference or ''})}", method="POST", timeout=30)
         dial.number(self.agent_number, url=f"{BASE}/whisper?{urlencode({'ref': reference or ''})}", method="POST")
         response.append(dial)
 
@@ -258,6 +258,7 @@ class VoiceWebhooks:
             response = VoiceResponse()
             response.hangup()
             return _twiml(response)
+        self.phone.promise_callback(request.args.get("ref") or "", self._caller(), self._call_sid())
         return self._render(CallStep((self.no_agent, self.phone.nav.message("goodbye")), "end"))
 
     def whisper(self) -> Response:

@@ -172,7 +172,7 @@ def build_outreach(settings: Settings, sessions: Any, clock: Any, alerts: AlertD
     tz = (settings.config.get("dialogue") or {}).get("timezone", "Asia/Shanghai")
     dialer = dialer if dialer is not None else call_placer_from_env(settings.env)
     return Outreach(sessions, clock, alerts, outbox, dialer, settings.config.get("outreach") or {}, settings.env,
-                    handoffs, tz)
+                    handoffs, tz, settings.config.get("handoff") or {})
 
 
 @dataclass

@@ -215,6 +215,25 @@ def test_exports_refuse_what_the_role_may_not_see_and_bad_input(runtime, seeded)
     assert len(rows) == 2 and rows[1][6] == "水务"
 
 
+def test_weekly_report_of_a_grid_for_its_own_staff_only(runtime, seeded):
+    import io
+
+    from openpyxl import load_workbook
+    from staff_world import login
+
+    app = create_app(runtime)
+    grida = app.test_client()
+    login(grida, "grida")
+    assert grida.get("/console/weekly?grid=G02&week=2026-11-25").status_code == 403
+    assert grida.get("/console/weekly?week=2026-11-25").status_code == 400
+    response = grida.get("/console/weekly?grid=G01&week=2026-11-25")  # a Wednesday: its Monday's week
+    assert response.status_code == 200 and "weekly-G01-2026-11-23.xlsx" in response.headers["Content-Disposition"]
+    book = load_workbook(io.BytesIO(response.data))
+    assert book.sheetnames == ["周报", "工单", "关爱告警", "平安电话"]
+    tickets = list(book["工单"].iter_rows(min_row=2, values_only=True))
+    assert tickets and all(row[5] == "G01" for row in tickets)
+
+
 # --- the map and photos ----------------------------------------------------------------------------
 def test_map_pins_and_photo_thumbnails_in_chromium(runtime, seeded, clock):
     from fixtures.twilio_world import jpeg

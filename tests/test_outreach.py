@@ -381,10 +381,14 @@ def test_a_voice_notice_repeats_on_9_stops_on_8_and_counts_listen_through(line: 
         pref = s.scalar(select(ContactPreference).where(ContactPreference.phone_hash == line.runtime.cipher.blind_index(
             phones[1], "phone")))
         assert pref.no_notice_calls
-    # The next voice notice does not call who said 不要再打.
+    # The next voice notice does not call who said 不要再打, nor anyone within min_gap_hours of a call.
     notices.create("停电", "明天停电。", Audience("list", phones=tuple(phones)), "voice", "staff:test")
     line.move(datetime(2026, 11, 25, 11, 10, tzinfo=TZ))
-    line.move(datetime(2026, 11, 25, 11, 10, 5, tzinfo=TZ))
+    line.move(datetime(2026, 11, 25, 13, 59, tzinfo=TZ))
+    assert len(line.api.calls) == 4
+    line.move(datetime(2026, 11, 25, 14, 0, 5, tzinfo=TZ))  # 4 h after the 10:00 call
+    assert [call.to for call in line.api.calls[4:]] == ["+86" + phones[0]]
+    line.move(datetime(2026, 11, 25, 15, 6, tzinfo=TZ))  # 4 h after the 11:05 retry
     assert [call.to for call in line.api.calls[4:]] == ["+86" + phones[0], "+86" + phones[2]]
 
 
@@ -532,3 +536,114 @@ def test_notices_send_previews_a_file_and_sends_only_with_yes(tmp_path, monkeypa
     assert report["title"] == "停水通知" and report["recipients"] == 0
     notice.write_text("title: ''\nbody: x\n", encoding="utf-8")
     assert run_cli("notices", "send", str(notice)) == 2
+
+
+# --- call-backs: a caller who reached nobody is called back ---------------------------------------
+AGENT = "+8610012345"
+
+
+def test_an_after_hours_caller_is_called_back_in_office_hours_and_put_through(line: Line):
+    from backend.affairs.core import Handoff as HandoffRow
+    from channels.phone_call import PhoneCall
+
+    line.runtime.settings.env["AGENT_NUMBER"] = AGENT
+    line.outreach.callbacks.agent_line = True
+    line.sms.clock.now = datetime(2026, 11, 25, 20, 0, tzinfo=TZ)  # Wednesday evening: after office hours
+    step = PhoneCall(line.runtime, line.runtime.ivr_flow).person("CA" + "e" * 32, "13800138000")
+    assert step.next == "end" and step.reference
+    line.move(datetime(2026, 11, 26, 8, 29, tzinfo=TZ))
+    assert line.api.calls == []  # not before office hours
+    line.move(datetime(2026, 11, 26, 8, 30, tzinfo=TZ))
+    (call,) = line.api.calls
+    assert call.to == "+8613800138000"
+    twiml = line.answer(call)
+    assert "现在给您回电话" in said(twiml)
+    dial = twiml.find("Dial")
+    number = dial.find("Number")
+    assert number.text == AGENT and f"ref={step.reference}" in number.get("url")
+    done = PUBLIC_BASE_URL + dial.get("action")
+    nobody = line.answer(type(call)(call.sid, call.to, done, call.status_callback, call.form, call.created),
+                         DialCallStatus="no-answer")
+    assert "过一会儿再给您打过来" in said(nobody)
+    assert line.status(call, "completed") == 204
+    assert line.outreach.callbacks.states([step.reference]) == {step.reference: "queued"}
+    line.move(datetime(2026, 11, 26, 8, 46, tzinfo=TZ))  # callback_retry_minutes later
+    again = line.api.calls[1]
+    twiml = line.answer(again)
+    done = PUBLIC_BASE_URL + twiml.find("Dial").get("action")
+    line.answer(type(again)(again.sid, again.to, done, again.status_callback, again.form, again.created),
+                DialCallStatus="completed")
+    line.status(again, "completed")
+    assert line.outreach.callbacks.states([step.reference]) == {step.reference: "connected"}
+    line.move(datetime(2026, 11, 26, 12, 0, tzinfo=TZ))
+    assert len(line.api.calls) == 2  # done: nobody is called a third time
+    with line.runtime.db_sessions() as s:
+        assert s.scalar(select(HandoffRow.status).where(HandoffRow.reference == step.reference)) == "waiting"
+
+
+def test_the_agent_line_not_answering_schedules_a_call_back_unless_someone_takes_the_case(line: Line):
+    from assistant.ports import HandoffRequest
+
+    line.runtime.settings.env["AGENT_NUMBER"] = AGENT
+    line.outreach.callbacks.agent_line = True
+    line.sms.app = build_app(line.runtime)  # the voice channel reads AGENT_NUMBER when it is built
+    line.sms.client = line.sms.app.test_client()
+    line.sms.clock.now = datetime(2026, 11, 25, 10, 0, tzinfo=TZ)
+    receipts = [line.runtime.backend.create_handoff(HandoffRequest(
+        sender_id=f"CA{i:032d}", channel="voice", phone="13800138000", reason="user_request", urgent=False,
+        transcript=(), form_name=None, form_slots={}, idempotency_key=f"cb-{i}")) for i in (1, 2)]
+    for receipt in receipts:
+        params = {"CallSid": "CA" + "f" * 32, "AccountSid": ACCOUNT_SID, "From": "+8613800138000",
+                  "To": FROM_NUMBER, "DialCallStatus": "no-answer", "CallStatus": "in-progress"}
+        url = f"/webhooks/twilio/voice/dial-done?ref={receipt.reference}"
+        response = line.sms.client.post(url, data=params, headers={"X-Twilio-Signature": sign(PUBLIC_BASE_URL + url,
+                                                                                              params)})
+        assert response.status_code == 200 and "回电话" in response.get_data(as_text=True)
+    line.runtime.backend.set_status("handoff", receipts[1].reference, "taken", "staff:agent", None)
+    line.move(datetime(2026, 11, 25, 10, 11, tzinfo=TZ))
+    assert [c.to for c in line.api.calls] == ["+8613800138000"]  # the taken one is not called back
+    states = line.outreach.callbacks.states([r.reference for r in receipts])
+    assert states == {receipts[0].reference: "placed"}
+
+
+def test_check_ins_and_notices_export_in_the_staff_members_scope(line: Line):
+    from backend.people.exports import ExportFilter
+    from backend.people.staff import Staff
+
+    line.runtime.alerts.register_households(parse_households({"households": [
+        {"id": "H900", "grid": "G09", "address": "x", "senior": {"name": "甲", "phone": "13700009000"}}]}))
+    for code in ("H001", "H900"):
+        line.outreach.checkins.enrol(Enrolment(code), "staff:test")
+    line.outreach.checkins.plan(WED)
+    line.sms.clock.now = datetime(2026, 11, 25, 10, 0, tzinfo=TZ)
+    add_residents(line.runtime, 2)
+    line.outreach.notices.create("停水", "12月8日停水。", Audience("all"), "sms", "staff:test")
+    line.sms.worker.run_until_idle()
+    exports = line.runtime.staff.exports
+    day = ExportFilter(datetime(2026, 11, 25, tzinfo=TZ), datetime(2026, 11, 25, 23, 59, tzinfo=TZ))
+    worker = Staff(1, "grida", "grid_worker", ("G01",), None)
+    table = exports.build(worker, "checkins", day)
+    assert [row[:3] for row in table.rows] == [("H001", "G01", "2026-11-25")]
+    assert "13700000001" not in table.csv().decode("utf-8-sig")
+    admin = Staff(2, "admin", "admin", (), None)
+    assert {row[0] for row in exports.build(admin, "checkins", day).rows} == {"H001", "H900"}
+    (notice,) = exports.build(admin, "notices", day).rows
+    assert notice[1:3] == ("停水", "sms") and notice[5] == 2
+
+
+def test_a_grids_weekly_report_is_one_workbook(line: Line):
+    import io as _io
+
+    from openpyxl import load_workbook
+
+    from backend.people.staff import Staff
+
+    line.outreach.checkins.enrol(Enrolment("H001"), "staff:test")
+    line.outreach.checkins.plan(WED)
+    with line.runtime.db_sessions() as s, s.begin():
+        s.execute(CheckinDay.__table__.update().values(state="ok"))
+    book = load_workbook(_io.BytesIO(line.runtime.staff.exports.weekly(
+        Staff(1, "grida", "grid_worker", ("G01",), None), "G01", date(2026, 11, 23))))
+    assert book.sheetnames == ["周报", "工单", "关爱告警", "平安电话"]
+    figures = {row[0]: row[1] for row in book["周报"].iter_rows(min_row=2, values_only=True)}
+    assert figures["网格"] == "G01" and figures["周"] == "2026-11-23 至 2026-11-29" and figures["平安电话：平安"] == 1

@@ -194,8 +194,10 @@ class Notices:
                                          f"notice:{notice.id}:{d.id}")
             d.sms_id = row.id if row is not None else None
             return
-        last = unit.session.scalar(select(func.max(OutboundCall.created_at)).where(
-            OutboundCall.to_hash == d.phone_hash, OutboundCall.purpose != "notice"))
+        # No more than one call in any `min_gap` to a person (this delivery's own retries aside).
+        last = unit.session.scalar(select(func.max(func.coalesce(OutboundCall.placing_at, OutboundCall.created_at))).where(
+            OutboundCall.to_hash == d.phone_hash,
+            ~((OutboundCall.purpose == "notice") & (OutboundCall.ref_id == d.id))))
         if last is not None and at < last + self.policy.min_gap:
             at = self.policy.allowed(last + self.policy.min_gap)
         language = self.prefs.language(unit, d.phone_hash)

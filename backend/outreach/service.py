@@ -18,6 +18,7 @@ from backend.alerts.unit import AlertUnit
 from backend.infra import jobs
 from backend.infra.tx import TransactionRunner
 from backend.messaging.outbox import Outbox
+from backend.outreach.callbacks import Callbacks, CallbackSettings
 from backend.outreach.calls import CALL_JOB, TIMEOUT_JOB, CallDialer, CallSettings, OutboundCalls
 from backend.outreach.checkins import ATTEMPT_JOB, PLAN_JOB, PLAN_KEY, Checkins, Handoffs
 from backend.outreach.notices import SEND_JOB, Notices
@@ -31,7 +32,8 @@ from backend.outreach.texts import STOP_WORDS, OutreachTexts, heard
 class Outreach:
     def __init__(self, sessions: Callable[[], Any], clock: Clock, alerts: AlertDesk, outbox: Outbox,
                  dialer: CallDialer | None, config: Mapping[str, Any], env: Mapping[str, str],
-                 handoffs: Handoffs | None = None, tz: str = "Asia/Shanghai") -> None:
+                 handoffs: Handoffs | None = None, tz: str = "Asia/Shanghai",
+                 handoff_config: Mapping[str, Any] | None = None) -> None:
         self.runner = TransactionRunner(sessions, clock, make_unit=AlertUnit)
         self.sessions = sessions
         self.policy = OutreachPolicy.from_config(config, tz)
@@ -41,6 +43,8 @@ class Outreach:
         self.checkins = Checkins(self.runner, self.calls, outbox, alerts, self.prefs, self.texts, self.policy,
                                  handoffs)
         self.notices = Notices(self.runner, self.calls, outbox, self.prefs, self.texts, self.policy, handoffs)
+        self.callbacks = Callbacks(self.runner, self.calls, self.texts, self.policy,
+                                   CallbackSettings.from_config(handoff_config or {}), bool(env.get("AGENT_NUMBER")))
 
     def job_handlers(self) -> dict[str, Callable[[Mapping[str, Any]], None]]:
         return {
@@ -57,12 +61,23 @@ class Outreach:
 
     def answer(self, call_id: int, step: str, digits: str = "", speech: str = "", tries: int = 0) -> CallScript:
         """The answered call's next turn, by the purpose that placed it."""
-        purpose = self.runner.run(lambda unit: (lambda c: c.purpose if c else None)(
-            unit.session.get(OutboundCall, call_id)))
-        handler = {"checkin": self.checkins, "notice": self.notices}.get(purpose or "")
+        purpose = self.call_purpose(call_id)
+        handler = {"checkin": self.checkins, "notice": self.notices, "callback": self.callbacks}.get(purpose or "")
         if handler is None:
             return CallScript((self.texts.get("checkin_goodbye"),), "end")
         return handler.answer(call_id, step, digits, speech, tries)
+
+    def call_purpose(self, call_id: int) -> str | None:
+        return self.runner.run(lambda unit: (lambda c: c.purpose if c else None)(unit.session.get(OutboundCall, call_id)))
+
+    def call_language(self, call_id: int) -> str:
+        return self.runner.run(lambda unit: (lambda c: c.language if c else "zh")(unit.session.get(OutboundCall, call_id)))
+
+    def promise_callback(self, call_id: int, reference: str) -> bool:
+        """The person asked for on an outbound call did not answer: call back for `reference`."""
+        found = self.runner.run(lambda unit: (lambda c: (self.calls.phone(c), c.language) if c else None)(
+            unit.session.get(OutboundCall, call_id)))
+        return bool(found and reference) and self.callbacks.schedule(reference, found[0], found[1])
 
     def sms_reply(self, phone: str, body: str) -> str | None:
         """An SMS meant for outreach: a check-in answer, or "不要再打". None: not for us."""

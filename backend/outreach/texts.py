@@ -25,6 +25,8 @@ TEXTS_ZH: dict[str, str] = {
     "notice_sms": "【社区通知】{title}：{body}",
     "no_calls_sms": "好的，以后不再给您打通知电话。短信通知回复TD退订。",
     "call_transfer_later": "工作人员暂时没空，会尽快给您回电话。",
+    "callback_intro": "您好，这里是社区服务热线。您刚才找工作人员，现在给您回电话，马上为您接通，请不要挂机。",
+    "callback_no_agent": "对不起，工作人员正忙。我们过一会儿再给您打过来。",
 }
 
 TEXTS_YUE: dict[str, str] = {
@@ -46,6 +48,8 @@ TEXTS_YUE: dict[str, str] = {
     "notice_sms": "【社区通知】{title}：{body}",
     "no_calls_sms": "好，以后唔会再打通知电话畀你。短信通知回复TD退订。",
     "call_transfer_later": "工作人员暂时冇空，会尽快打返畀你。",
+    "callback_intro": "你好，呢度系社区服务热线。你头先揾工作人员，而家打返畀你，即刻帮你接通，唔好收线住。",
+    "callback_no_agent": "唔好意思，工作人员而家好忙。我哋过阵再打返畀你。",
 }
 
 # Words a senior may say instead of pressing a key (recognised speech, normalised to these).

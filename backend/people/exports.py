@@ -10,10 +10,10 @@ import csv
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from assistant.privacy import mask_phone, mask_text
@@ -22,12 +22,16 @@ from backend.alerts.store import Alert, CareHousehold
 from backend.infra.crypto import FieldCipher
 from backend.infra.models import STATUS_LABELS_ZH, Ticket
 from backend.infra.tx import TransactionRunner, UnitOfWork
+from backend.outreach.store import CheckinDay, Notice, NoticeDelivery
 from backend.people.staff import Staff
 from backend.people.staff_queries import StaffQueries
 
 CLEAR_ROLES = frozenset({"admin"})  # who may export contact numbers and descriptions in clear
 MAX_ROWS = 50_000
-KINDS = {"tickets": "tickets", "alerts": "alerts"}  # export kind → the console section it needs
+# export kind → the console section it needs
+KINDS = {"tickets": "tickets", "alerts": "alerts", "checkins": "outreach", "notices": "outreach"}
+CHECKIN_STATES_ZH = {"ok": "平安", "help": "要帮助", "missed": "未接通", "skipped": "免打", "planned": "待拨打",
+                     "calling": "拨打中", "retrying": "待重拨", "waiting_sms": "等短信回复"}
 ALERT_STATES_ZH = {"open": "待通知", "notified": "已通知", "escalated": "已升级", "acknowledged": "已响应",
                    "visited": "已上门", "closed": "已处理"}
 
@@ -59,22 +63,28 @@ class Table:
         return out.getvalue().encode("utf-8-sig")  # the BOM makes Excel read UTF-8 Chinese correctly
 
     def xlsx(self) -> bytes:
-        from openpyxl import Workbook
-        from openpyxl.styles import Font
+        return workbook([self])
 
-        book = Workbook()
-        sheet = book.active
-        sheet.title = self.title[:31]
-        sheet.append(list(self.headers))
+
+def workbook(tables: Sequence[Table]) -> bytes:
+    """One sheet per table, bold large headers (read by older staff), columns wide enough."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+
+    book = Workbook()
+    book.remove(book.active)
+    for table in tables:
+        sheet = book.create_sheet(table.title[:31])
+        sheet.append(list(table.headers))
         for cell in sheet[1]:
             cell.font = Font(bold=True, size=14)
-        for row in self.rows:
+        for row in table.rows:
             sheet.append(list(row))
-        for column, header in zip(sheet.columns, self.headers, strict=False):
+        for column, header in zip(sheet.columns, table.headers, strict=False):
             sheet.column_dimensions[column[0].column_letter].width = max(12, len(header) * 3)
-        out = io.BytesIO()
-        book.save(out)
-        return out.getvalue()
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
 
 
 class Exports:
@@ -92,12 +102,34 @@ class Exports:
         clear = staff.role in CLEAR_ROLES
 
         def work(unit: UnitOfWork) -> Table:
-            table = (self._tickets if kind == "tickets" else self._alerts)(unit.session, staff, filters, clear)
+            build = {"tickets": self._tickets, "alerts": self._alerts, "checkins": self._checkins,
+                     "notices": self._notices}[kind]
+            table = build(unit.session, staff, filters, clear)
             unit.audit(staff.actor, "export", None, entity_type=kind, rows=len(table.rows), clear=clear,
                        **filters.describe())
             return table
 
         return self._tx.run(work)
+
+    def weekly(self, staff: Staff, grid: str, monday: date) -> bytes:
+        """The week's report of one grid as an Excel workbook: a summary sheet, then the week's
+        tickets, care alerts and check-ins of that grid (each as its own export, audited)."""
+        since = datetime.combine(monday, time.min, self.tz)
+        week = ExportFilter(since, since + timedelta(days=7) - timedelta(microseconds=1), grid)
+        tables = [self.build(staff, kind, week) for kind in ("tickets", "alerts", "checkins")
+                  if self.queries.allows(staff, KINDS[kind])]
+        done = {STATUS_LABELS_ZH[s] for s in ("resolved", "rated", "closed")}
+        figures: list[tuple[str, Any]] = [("网格", grid), ("周", f"{monday} 至 {monday + timedelta(days=6)}")]
+        for table in tables:
+            if table.title == "工单":
+                figures += [("新受理工单", len(table.rows)), ("已办结", sum(r[7] in done for r in table.rows))]
+            elif table.title == "关爱告警":
+                figures += [("关爱告警", len(table.rows)), ("已上门", sum(bool(r[7]) for r in table.rows))]
+            else:
+                for state in ("平安", "未接通", "要帮助", "免打"):
+                    figures.append((f"平安电话：{state}", sum(r[3] == state for r in table.rows)))
+        summary = Table("周报", ("项目", "数字"), tuple(figures), False)
+        return workbook([summary, *tables])
 
     def _time(self, moment: datetime | None) -> str:
         return "" if moment is None else moment.astimezone(self.tz).strftime("%Y-%m-%d %H:%M")
@@ -143,3 +175,34 @@ class Exports:
             for a, code, grid in session.execute(query.order_by(Alert.raised_at, Alert.id).limit(MAX_ROWS)))
         headers = ("户编号", "网格", "规则", "级别", "状态", "发生时间", "首次响应", "上门", "结束")
         return Table("关爱告警", headers, rows, clear)  # no personal data: a household code, not a name
+
+    def _checkins(self, session: Session, staff: Staff, f: ExportFilter, clear: bool) -> Table:
+        query = (select(CheckinDay, CareHousehold.code, CareHousehold.grid_id)
+                 .join(CareHousehold, CareHousehold.id == CheckinDay.household_id)
+                 .where(self.queries.alert_scope(staff), CheckinDay.day >= f.since.astimezone(self.tz).date(),
+                        CheckinDay.day <= f.until.astimezone(self.tz).date()))
+        if f.grid:
+            query = query.where(CareHousehold.grid_id == f.grid)
+        rows = tuple(
+            (code, grid or "", d.day.isoformat(), CHECKIN_STATES_ZH.get(d.state, d.state), d.attempts, d.answer or "",
+             d.alert_id or "", d.handoff_reference or "", self._time(d.finished_at), d.note or "")
+            for d, code, grid in session.execute(query.order_by(CheckinDay.day, CareHousehold.code).limit(MAX_ROWS)))
+        headers = ("户编号", "网格", "日期", "结果", "拨打次数", "回答", "告警编号", "人工编号", "结束时间", "说明")
+        return Table("平安电话", headers, rows, clear)  # household codes, no names or numbers
+
+    def _notices(self, session: Session, staff: Staff, f: ExportFilter, clear: bool) -> Table:
+        notices = session.scalars(select(Notice).where(Notice.send_at >= f.since, Notice.send_at <= f.until)
+                                  .order_by(Notice.send_at, Notice.id).limit(MAX_ROWS)).all()
+        counts: dict[int, dict[str, int]] = {}
+        for notice_id, state, n in session.execute(
+                select(NoticeDelivery.notice_id, NoticeDelivery.state, func.count())
+                .where(NoticeDelivery.notice_id.in_([n.id for n in notices]))
+                .group_by(NoticeDelivery.notice_id, NoticeDelivery.state)):
+            counts.setdefault(notice_id, {})[state] = int(n)
+        rows = tuple(
+            (n.id, n.title, n.channel, self._time(n.send_at), n.segments, sum(counts.get(n.id, {}).values()),
+             *(counts.get(n.id, {}).get(state, 0) for state in ("listened", "delivered", "failed", "opted_out")),
+             n.created_by)
+            for n in notices)
+        headers = ("编号", "标题", "方式", "发送时间", "短信条数", "人数", "已听完", "已送达", "失败", "已退订", "发布人")
+        return Table("通知", headers, rows, clear)
