@@ -26,6 +26,7 @@ from backend.alerts.households import parse_households
 from backend.alerts.store import Alert, AlertEvent, CareHousehold
 from backend.infra import db
 from backend.infra.models import Job, Resident
+from backend.outreach.calls import Pace
 from backend.outreach.checkins import Enrolment
 from backend.outreach.notices import Audience, sms_segments
 from backend.outreach.simulate import CheckinDaySimulation, households_doc, scenario
@@ -155,6 +156,7 @@ def line(sms: SmsClient, monkeypatch) -> Line:
     sms.app = build_app(sms.runtime)
     sms.client = sms.app.test_client()
     sms.worker.handlers.update(sms.runtime.outreach.job_handlers())
+    sms.runtime.outreach.calls.pace = Pace(0)  # real-time pacing under a fake clock would only wait
     sms.clock.now = datetime(2026, 11, 25, 6, 0, tzinfo=TZ)
     return Line(sms)
 
@@ -647,3 +649,12 @@ def test_a_grids_weekly_report_is_one_workbook(line: Line):
     assert book.sheetnames == ["周报", "工单", "关爱告警", "平安电话"]
     figures = {row[0]: row[1] for row in book["周报"].iter_rows(min_row=2, values_only=True)}
     assert figures["网格"] == "G01" and figures["周"] == "2026-11-23 至 2026-11-29" and figures["平安电话：平安"] == 1
+
+
+def test_pace_keeps_calls_per_second_at_the_configured_rate():
+    slept: list[float] = []
+    pace = Pace(4, sleep=slept.append)
+    for _ in range(5):
+        pace.wait()
+    assert len(slept) == 4 and all(0.2 < s <= 1.0 for s in slept) and slept == sorted(slept)
+    assert slept[-1] == pytest.approx(1.0, abs=0.05)  # the fifth call 4 × 0.25 s after the first

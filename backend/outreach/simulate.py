@@ -33,6 +33,7 @@ from backend.infra.crypto import FieldCipher, KeyRing
 from backend.infra.jobs import DbJobQueue, Worker
 from backend.infra.models import Job
 from backend.messaging.outbox import Outbox, SendResult
+from backend.outreach.calls import Pace
 from backend.outreach.checkins import Enrolment
 from backend.outreach.service import Outreach
 from backend.outreach.store import CheckinDay, OutboundCall
@@ -124,6 +125,9 @@ class CheckinDaySimulation:
         self.outreach = Outreach(self.sessions, self.clock, self.desk, outbox, self.dialer,
                                  config.get("outreach") or {}, {"PUBLIC_BASE_URL": "https://sim.invalid"},
                                  backend.create_handoff, tz)
+        # Pacing is real time (bench_outreach.py measures it); the simulated day runs on a fake
+        # clock, where the calls are already spread by their jobs' run_at.
+        self.outreach.calls.pace = Pace(0)
         self.worker = Worker(DbJobQueue(self.sessions, self.clock),
                              {**self.desk.job_handlers(), **self.outreach.job_handlers()}, tasks=(outbox.drain,),
                              worker_id="sim")
@@ -206,10 +210,14 @@ class CheckinDaySimulation:
         line = self._line("answered", household=code, key=key, next=script.next)
         if script.reference:
             line["handoff"] = script.reference
-            # The grid worker told by SMS answers: 收到 after 10 min, 已上门 after 25 min.
+            with self.sessions() as s:
+                day = s.get(CheckinDay, call.ref_id)
+                alert = day.alert_id if day else None
+            # The grid worker told by SMS answers, naming the alert (they may have several open):
+            # 收到 after 10 min, 已上门 after 25 min.
             worker = next(p for p in self.staff_phones if p.endswith(f"{(int(code[1:]) - 1) % 5 + 1:02d}01"))
-            self._acks += [(self.clock.now + timedelta(minutes=10), worker, "1"),
-                           (self.clock.now + timedelta(minutes=25), worker, "2")]
+            self._acks += [(self.clock.now + timedelta(minutes=10), worker, f"1 {alert}"),
+                           (self.clock.now + timedelta(minutes=25), worker, f"2 {alert}")]
         yield line
 
     def _new_sms(self) -> Iterator[dict[str, Any]]:
