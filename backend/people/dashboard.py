@@ -1,7 +1,7 @@
 """The console dashboard's figures, in the acting staff member's scope (the same SQL predicates as
 their lists): work orders as 12345 platforms report them (受理, 办结率, 按时办结率, 满意率, reopened,
-repeat reports, overdue), care alerts against their 15/30-minute SLAs, the handoff queue, and the
-demand of the last 72 hours by hour (for 潮汐排班).
+repeat reports, overdue), care alerts against each one's own SLA deadlines (no water: 15/30
+minutes), the handoff queue, and the demand of the last 72 hours by hour (for 潮汐排班).
 
 Definitions, for a window [start, now] in local time ("today", "this week" from Monday):
 - 受理 new: tickets created in the window; 办结 done: of those, resolved, rated or closed;
