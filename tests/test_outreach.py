@@ -658,3 +658,29 @@ def test_pace_keeps_calls_per_second_at_the_configured_rate():
         pace.wait()
     assert len(slept) == 4 and all(0.2 < s <= 1.0 for s in slept) and slept == sorted(slept)
     assert slept[-1] == pytest.approx(1.0, abs=0.05)  # the fifth call 4 × 0.25 s after the first
+
+
+def test_a_retry_that_quiet_hours_would_push_to_tomorrow_ends_the_day_now(line: Line):
+    line.outreach.checkins.enrol(Enrolment("H001", window_start="20:10", window_end="20:25", sms_fallback=False),
+                                 "staff:test")
+    line.outreach.checkins.plan(WED)
+    line.move(datetime(2026, 11, 25, 20, 10, tzinfo=TZ))
+    (call,) = line.api.calls
+    line.status(call, "no-answer")  # the retry at 20:30 would fall in quiet hours (20:30–08:30)
+    day = line.day("H001")
+    assert (day.state, day.attempts) == ("missed", 1) and day.alert_id
+
+
+def test_an_answering_machine_is_not_counted_as_listening(line: Line):
+    phones = add_residents(line.runtime, 1)
+    line.sms.clock.now = datetime(2026, 11, 25, 10, 0, tzinfo=TZ)
+    notice_id = line.outreach.notices.create("停水", "明天停水。", Audience("list", phones=tuple(phones)), "voice",
+                                             "staff:test")
+    line.move(datetime(2026, 11, 25, 10, 0, tzinfo=TZ))
+    (call,) = line.api.calls
+    menu = line.answer(call)
+    line.answer(type(call)(call.sid, call.to, PUBLIC_BASE_URL + menu.find("Gather").get("action"),
+                           call.status_callback, call.form, call.created))
+    line.status(call, "completed", AnsweredBy="machine_end_beep")
+    (report,) = line.outreach.notices.reports([notice_id])
+    assert report.states == {"delivered": 1}

@@ -229,9 +229,13 @@ class Checkins:
         household = unit.session.get(CareHousehold, day.household_id)
         assert household is not None
         day.note = (call.outcome or ("machine" if self.calls.answered_by_machine(call) else call.status) or "")[:200]
-        if sched is not None and day.attempts < sched.attempts:
+        again = self.policy.allowed(unit.now + timedelta(minutes=sched.retry_minutes)) if sched else None
+        # Another call the same day only: a retry pushed past quiet hours into tomorrow is no check-in
+        # of today, so the day goes on to its SMS and its alert now.
+        if sched is not None and again is not None and day.attempts < sched.attempts \
+                and self.policy.today(again) == day.day:
             day.state = "retrying"
-            return self._arm(unit, day, self.policy.allowed(unit.now + timedelta(minutes=sched.retry_minutes)))
+            return self._arm(unit, day, again)
         if sched is not None and sched.sms_fallback:
             phone = self._senior_phone(unit, household)
             if phone:

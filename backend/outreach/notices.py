@@ -215,6 +215,9 @@ class Notices:
 
     def ended(self, unit: AlertUnit, call: OutboundCall) -> None:
         d = unit.session.get(NoticeDelivery, call.ref_id, with_for_update=True)
+        if d is not None and d.state == "listened" and self.calls.answered_by_machine(call):
+            d.state, d.note = "delivered", "answering machine"  # it heard the menu's silence, not a person
+            return
         if d is None or d.state in DELIVERY_FINAL or call.attempt != d.attempts:
             return
         answered = call.status == "completed" and not self.calls.answered_by_machine(call)
