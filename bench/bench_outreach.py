@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -56,15 +55,9 @@ def main() -> int:
     with runtime.db_sessions() as s, s.begin():
         for phone in phones:
             s.add(Resident(phone_hash=cipher.blind_index(phone, "phone"), phone_enc=cipher.encrypt(phone), grid_id="G01"))
+    # Urgent (a flood warning): quiet hours do not hold it, so the bench measures sending at any hour.
     notice = runtime.outreach.notices.create("防汛", "今晚有暴雨，请关好门窗。", Audience("all"), "voice", "bench",
-                                             datetime.now(UTC))
-    # Quiet hours would hold the notice: the bench measures sending, so it starts now whatever the hour.
-    with runtime.db_sessions() as s, s.begin():
-        from sqlalchemy import update
-
-        from backend.infra.models import Job
-
-        s.execute(update(Job).where(Job.name == "notice.send").values(run_at=datetime.now(UTC)))
+                                             urgent=True)
     command = [sys.executable, "-m", "runtime.cli_worker", "--idle-sleep", "0.05"]
     proc_env = {**os.environ, **env}
     started = time.perf_counter()

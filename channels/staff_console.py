@@ -359,7 +359,7 @@ class StaffConsole:
         from backend.outreach.notices import Audience
 
         draft = {k: (request.form.get(k) or "").strip() for k in ("title", "body", "audience", "grids", "building",
-                                                                   "channel")}
+                                                                   "channel", "urgent")}
         grids = tuple(x for x in draft["grids"].replace("，", ",").split(",") if x.strip())
         if g.staff.role != "admin" and g.staff.grids:  # a grid worker reaches their own grids only
             if draft["audience"] in ("all", "") or any(x not in g.staff.grids for x in grids):
@@ -385,7 +385,8 @@ class StaffConsole:
         try:
             draft, audience = self._notice_form()
             self.runtime.outreach.notices.create(draft["title"], draft["body"], audience,
-                                                 draft["channel"] or "preference", g.staff.actor)
+                                                 draft["channel"] or "preference", g.staff.actor,
+                                                 urgent=draft["urgent"] == "1")
         except ValueError as exc:
             return self.outreach(draft=dict(request.form), error=str(exc), status=400)
         return redirect(url_for(f"{NAME}.outreach"), 303)

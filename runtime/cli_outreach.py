@@ -81,7 +81,8 @@ def cmd_notice_send(args: argparse.Namespace) -> int:
             print("nothing sent: add --yes to send to these recipients", file=sys.stderr)
             return 0
         at = datetime.fromisoformat(args.at) if args.at else None
-        _print({"notice": notices.create(title, body, audience, channel, f"cli:{args.actor}", at)})
+        _print({"notice": notices.create(title, body, audience, channel, f"cli:{args.actor}", at,
+                                         urgent=bool(spec.get("urgent")))})
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"notices send: {exc}", file=sys.stderr)
         return 2

@@ -25,13 +25,14 @@ from backend.alerts.dispatch import TwilioCallConfig, TwilioCallPlacer
 from backend.alerts.households import parse_households
 from backend.alerts.store import Alert, AlertEvent, CareHousehold
 from backend.infra import db
+from backend.infra.jobs import DbJobQueue, Worker
 from backend.infra.models import Job, Resident
 from backend.outreach.calls import Pace
 from backend.outreach.checkins import Enrolment
 from backend.outreach.notices import Audience, sms_segments
 from backend.outreach.simulate import CheckinDaySimulation, households_doc, scenario
 from backend.outreach.store import CheckinDay, ContactPreference, NoticeDelivery, OutboundCall
-from core_fixtures import TZ
+from core_fixtures import TZ, FakeClock
 from runtime import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -417,8 +418,9 @@ def test_a_1000_resident_notice_survives_kill_9_with_nobody_called_twice(tmp_pat
     runtime = build_runtime(load_settings({k: env[k] for k in env if k.isupper()}), nlu=object())
     total = 1000
     phones = add_residents(runtime, total)
+    # Urgent (a flood warning): sent now whatever the hour, so the test does not depend on the time it runs.
     notice_id = runtime.outreach.notices.create("防汛", "今晚有暴雨，请关好门窗。", Audience("all"), "voice", "staff:test",
-                                                datetime(2026, 11, 25, 10, 0, tzinfo=TZ))
+                                                urgent=True)
     twilio_api.delay_seconds = 0.004
     command = [sys.executable, "-m", "runtime.cli_worker", "--idle-sleep", "0.05"]
     try:
@@ -455,6 +457,15 @@ def test_a_1000_resident_notice_survives_kill_9_with_nobody_called_twice(tmp_pat
         assert retries == total // 20
     (report,) = outreach.notices.reports([notice_id])
     assert report.recipients == total and report.states == {"listened": total - total // 20, "sending": total // 20}
+    # An hour later (notices.retry_minutes) the 50 are called once more, and again nobody answers.
+    later = FakeClock(datetime.now(TZ) + timedelta(minutes=SHIPPED["outreach"]["notices"]["retry_minutes"] + 1))
+    Worker(DbJobQueue(runtime.db_sessions, later), outreach.job_handlers(), worker_id="later").run_until_idle(2000)
+    retried = twilio_api.calls[total:]
+    assert len(retried) == total // 20 and len({c.to for c in retried}) == total // 20
+    for call in retried:
+        outreach.calls.on_status(int(parse_qs(urlparse(call.url).query)["call"][0]), call.sid, "no-answer")
+    (report,) = outreach.notices.reports([notice_id])
+    assert report.done and report.states == {"listened": total - total // 20, "failed": total // 20}
     with runtime.db_sessions() as s:
         assert s.scalar(select(func.count()).select_from(NoticeDelivery)) == total
     db.make_engine(url).dispose()
@@ -684,3 +695,16 @@ def test_an_answering_machine_is_not_counted_as_listening(line: Line):
     line.status(call, "completed", AnsweredBy="machine_end_beep")
     (report,) = line.outreach.notices.reports([notice_id])
     assert report.states == {"delivered": 1}
+
+
+def test_an_urgent_notice_goes_out_in_quiet_hours_and_a_normal_one_waits(line: Line):
+    phones = add_residents(line.runtime, 2)
+    line.sms.clock.now = datetime(2026, 11, 25, 22, 0, tzinfo=TZ)
+    notices = line.outreach.notices
+    normal = notices.create("体检", "下周免费体检。", Audience("list", phones=(phones[0],)), "voice", "staff:test")
+    notices.create("防汛", "今晚暴雨，请不要出门。", Audience("list", phones=(phones[1],)), "voice", "staff:test",
+                   urgent=True)
+    line.move(datetime(2026, 11, 25, 22, 0, 1, tzinfo=TZ))
+    assert [c.to for c in line.api.calls] == ["+86" + phones[1]]
+    (report,) = notices.reports([normal])
+    assert report.send_at.astimezone(TZ).strftime("%m-%d %H:%M") == "11-26 08:30"

@@ -136,15 +136,17 @@ class Notices:
         return self.runner.run(work)
 
     def create(self, title: str, body: str, audience: Audience, channel: str, actor: str,
-               send_at: datetime | None = None) -> int:
+               send_at: datetime | None = None, *, urgent: bool = False) -> int:
         """Schedules a notice; its deliveries are made when it is sent (an audience is who lives
-        there then). A list audience is fixed now: its phones become deliveries at once."""
+        there then). A list audience is fixed now: its phones become deliveries at once. An urgent
+        notice (a flood warning) is not held by quiet hours nor by the gap between calls."""
         self._check(title, body, channel)
 
         def work(unit: AlertUnit) -> int:
-            at = self.policy.allowed(max(send_at or unit.now, unit.now))
+            at = max(send_at or unit.now, unit.now)
             notice = Notice(title=title, body=body, audience=audience.to_json(), channel=channel, state="scheduled",
-                            send_at=at, segments=sms_segments(self.sms_text(title, body)), created_by=actor[:64],
+                            send_at=at if urgent else self.policy.allowed(at), urgent=urgent,
+                            segments=sms_segments(self.sms_text(title, body)), created_by=actor[:64],
                             created_at=unit.now, updated_at=unit.now)
             unit.session.add(notice)
             unit.session.flush()
@@ -153,7 +155,7 @@ class Notices:
             jobs.enqueue_in(unit.session, SEND_JOB, {"notice_id": notice.id}, at, f"{SEND_JOB}:{notice.id}",
                             unit.now, new=True)
             unit.audit(actor, "create", notice.id, entity_type="notice", audience=audience.kind, channel=channel,
-                       listed=len(audience.phones))
+                       listed=len(audience.phones), urgent=urgent)
             return notice.id
 
         return self.runner.run(work)
@@ -174,7 +176,7 @@ class Notices:
                 NoticeDelivery.notice_id == notice.id, NoticeDelivery.state == "pending")
                 .order_by(NoticeDelivery.id)).all()
             gap = timedelta(seconds=1.0 / max(self.calls.settings.calls_per_second, 0.01))
-            start = self.policy.allowed(unit.now)
+            start = self._when(notice, unit.now)
             for i, d in enumerate(pending):
                 self._queue(unit, notice, d, start + gap * i)
             notice.state, notice.updated_at = "sending", unit.now
@@ -195,9 +197,10 @@ class Notices:
             d.sms_id = row.id if row is not None else None
             return
         # No more than one call in any `min_gap` to a person (this delivery's own retries aside).
-        last = unit.session.scalar(select(func.max(func.coalesce(OutboundCall.placing_at, OutboundCall.created_at))).where(
-            OutboundCall.to_hash == d.phone_hash,
-            ~((OutboundCall.purpose == "notice") & (OutboundCall.ref_id == d.id))))
+        last = None if notice.urgent else unit.session.scalar(
+            select(func.max(func.coalesce(OutboundCall.placing_at, OutboundCall.created_at))).where(
+                OutboundCall.to_hash == d.phone_hash,
+                ~((OutboundCall.purpose == "notice") & (OutboundCall.ref_id == d.id))))
         if last is not None and at < last + self.policy.min_gap:
             at = self.policy.allowed(last + self.policy.min_gap)
         language = self.prefs.language(unit, d.phone_hash)
@@ -226,7 +229,7 @@ class Notices:
         elif d.attempts < self.policy.notice_call_attempts:
             notice = unit.session.get(Notice, d.notice_id)
             assert notice is not None
-            self._queue(unit, notice, d, self.policy.allowed(unit.now + timedelta(
+            self._queue(unit, notice, d, self._when(notice, unit.now + timedelta(
                 minutes=self.policy.notice_retry_minutes)))
             return
         else:
@@ -301,6 +304,9 @@ class Notices:
         return self.runner.run(work)
 
     # --- helpers ---------------------------------------------------------------------------------
+    def _when(self, notice: Notice, at: datetime) -> datetime:
+        return at if notice.urgent else self.policy.allowed(at)
+
     def _check(self, title: str, body: str, channel: str) -> None:
         if not title.strip() or not body.strip():
             raise ValueError("a notice needs a title and a text")

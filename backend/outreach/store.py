@@ -82,6 +82,7 @@ class Notice(Timestamps, Base):
     state: Mapped[str] = mapped_column(String(16), default="scheduled")  # scheduled|sending|sent|cancelled
     send_at: Mapped[datetime]
     segments: Mapped[int] = mapped_column(Integer)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)  # a flood or typhoon warning: quiet hours do not hold it
     created_by: Mapped[str] = mapped_column(String(64))
 
 

@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("send_at", _TS, nullable=False),
         sa.Column("segments", sa.Integer(), nullable=False),
+        sa.Column("urgent", sa.Boolean(), nullable=False),
         sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
         sa.Column("updated_at", _TS, nullable=False),
