@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,17 +38,12 @@ class Settings:
     def dialogue_settings(self) -> DialogueSettings:
         dialogue = self.config.get("dialogue", {})
         handoff = self.config.get("handoff", {})
-        hours = handoff.get("office_hours", {})
         services = self.config.get("services", {})
         return DialogueSettings(
             max_misunderstandings=int(dialogue.get("max_misunderstandings", 2)),
             transcript_turns=int(dialogue.get("transcript_turns", 30)),
             eligibility={k: int(v) for k, v in (self.config.get("eligibility") or {}).items() if isinstance(v, int)},
-            office_hours=OfficeHours(
-                weekdays=frozenset(hours.get("weekdays", [1, 2, 3, 4, 5])),
-                start=time.fromisoformat(hours.get("start", "08:30")),
-                end=time.fromisoformat(hours.get("end", "17:30")),
-            ),
+            office_hours=OfficeHours.from_config(handoff.get("office_hours")),
             hotline=str(handoff.get("hotline", "12345")),
             booking_days_ahead=int(services.get("booking_days_ahead", 14)),
             meal_max_portions=int(services.get("meal_max_portions", 5)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
+from typing import Any
 
 from assistant.dialogue.domain import Domain
 from assistant.ports import Clock, ServiceBackend
@@ -26,6 +27,14 @@ class OfficeHours:
 
     def open_at(self, moment: datetime) -> bool:
         return moment.isoweekday() in self.weekdays and self.start <= moment.time() < self.end
+
+    @classmethod
+    def from_config(cls, hours: Mapping[str, Any] | None) -> OfficeHours:
+        """config.yml `handoff.office_hours`."""
+        hours = hours or {}
+        return cls(weekdays=frozenset(int(d) for d in hours.get("weekdays", [1, 2, 3, 4, 5])),
+                   start=time.fromisoformat(str(hours.get("start", "08:30"))),
+                   end=time.fromisoformat(str(hours.get("end", "17:30"))))
 
 
 @dataclass(frozen=True)

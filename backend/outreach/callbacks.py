@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from assistant.dialogue.policy import OfficeHours
 from backend.alerts.unit import AlertUnit
 from backend.infra.models import Handoff
 from backend.infra.tx import TransactionRunner
@@ -37,18 +38,13 @@ class CallbackSettings:
     delay: timedelta = timedelta(minutes=10)
     retry: timedelta = timedelta(minutes=15)
     attempts: int = 3
-    office_days: frozenset[int] = frozenset({1, 2, 3, 4, 5})
-    office_start: time = time(8, 30)
-    office_end: time = time(17, 30)
+    office_hours: OfficeHours = OfficeHours()  # the dialogue's: when a person answers the line
 
     @classmethod
     def from_config(cls, handoff: Mapping[str, Any]) -> CallbackSettings:
-        hours = handoff.get("office_hours") or {}
         return cls(timedelta(minutes=float(handoff.get("callback_minutes", 10))),
                    timedelta(minutes=float(handoff.get("callback_retry_minutes", 15))),
-                   int(handoff.get("callback_attempts", 3)),
-                   frozenset(int(d) for d in hours.get("weekdays") or (1, 2, 3, 4, 5)),
-                   time.fromisoformat(str(hours.get("start", "08:30"))), time.fromisoformat(str(hours.get("end", "17:30"))))
+                   int(handoff.get("callback_attempts", 3)), OfficeHours.from_config(handoff.get("office_hours")))
 
 
 class Callbacks:
@@ -64,19 +60,15 @@ class Callbacks:
 
     def when(self, at: datetime) -> datetime:
         """`at`, or the next moment in office hours and outside quiet hours."""
-        s, tz = self.settings, self.policy.timezone
+        hours, tz = self.settings.office_hours, self.policy.timezone
         local = at.astimezone(tz)
         for _ in range(15):
-            open_now = local.isoweekday() in s.office_days and s.office_start <= local.time() < s.office_end
-            if open_now and self.policy.allowed(local) == local:
+            if hours.open_at(local) and self.policy.allowed(local) == local:
                 return local
-            if local.isoweekday() in s.office_days and local.time() < s.office_start:
-                local = local.replace(hour=s.office_start.hour, minute=s.office_start.minute, second=0, microsecond=0)
-            else:
-                nxt = (local + timedelta(days=1)).replace(hour=s.office_start.hour, minute=s.office_start.minute,
-                                                          second=0, microsecond=0)
-                local = nxt
-            local = self.policy.allowed(local).astimezone(tz)
+            opening = local.replace(hour=hours.start.hour, minute=hours.start.minute, second=0, microsecond=0)
+            if not (local.isoweekday() in hours.weekdays and local < opening):
+                opening += timedelta(days=1)
+            local = self.policy.allowed(opening).astimezone(tz)
         return local
 
     def schedule(self, reference: str, phone: str, language: str = "zh") -> bool:
