@@ -96,12 +96,14 @@ class OutreachHooks:
         answered = (request.form.get("DialCallStatus") or "").lower() in {"completed", "answered"}
         if call_id is not None and not answered:
             outreach = self.runtime.outreach
-            language = outreach.call_language(call_id)
-            if outreach.call_purpose(call_id) == "callback":
+            facts = outreach.calls.facts(call_id)
+            language = facts.language if facts else "zh"
+            if facts is not None and facts.purpose == "callback":
                 outreach.callbacks.agent_answered(call_id, False)
                 self.twiml.say(response, outreach.texts.get("callback_no_agent", language), language)
             else:
-                outreach.promise_callback(call_id, request.args.get("ref") or "")
+                if facts is not None:
+                    outreach.promise_callback(facts, request.args.get("ref") or "")
                 self.twiml.say(response, outreach.texts.get("call_transfer_later", language), language)
         elif call_id is not None:
             self.runtime.outreach.callbacks.agent_answered(call_id, True)

@@ -47,6 +47,16 @@ class CallDialer(Protocol):
     def find(self, to: str, since: datetime) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class CallFacts:
+    """What the webhooks and handoffs need to know of one outbound call, read in one transaction."""
+
+    purpose: str
+    ref_id: int
+    language: str
+    phone: str
+
+
 class CallPurpose(Protocol):
     """Who asked for a call: told when it ends, asked whether it is still wanted."""
 
@@ -237,6 +247,13 @@ class OutboundCalls:
 
     def answered_by_machine(self, call: OutboundCall) -> bool:
         return bool(call.answered_by and call.answered_by.startswith(("machine", "fax")))
+
+    def facts(self, call_id: int) -> CallFacts | None:
+        def work(unit: AlertUnit) -> CallFacts | None:
+            call = unit.session.get(OutboundCall, call_id)
+            return None if call is None else CallFacts(call.purpose, call.ref_id, call.language, self.phone(call))
+
+        return self.runner.run(work)
 
     def get(self, unit: AlertUnit, call_id: int) -> OutboundCall | None:
         return unit.session.get(OutboundCall, call_id, with_for_update=True)

@@ -332,9 +332,8 @@ class Checkins:
             {"day": day.day.isoformat(), "channel": day.channel}, "system:checkin")
 
     def _handoff(self, call_id: int) -> str | None:
-        found = self.runner.run(lambda unit: (lambda c: (c.ref_id, self.calls.phone(c)) if c else None)(
-            self.calls.get(unit, call_id)))
-        return self._handoff_for_day(found[0], found[1], "voice") if found else None
+        facts = self.calls.facts(call_id)
+        return self._handoff_for_day(facts.ref_id, facts.phone, "voice") if facts else None
 
     def _handoff_for_day(self, day_id: int, phone: str, channel: str) -> str | None:
         if self.handoffs is None:

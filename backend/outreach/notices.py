@@ -264,9 +264,9 @@ class Notices:
 
         script, person_for = self.runner.run(work)
         if person_for is not None and self.handoffs is not None:
-            phone = self.runner.run(lambda unit: self.calls.phone(self.calls.get(unit, call_id)))
+            facts = self.calls.facts(call_id)
             receipt = self.handoffs(HandoffRequest(
-                sender_id=f"notice:{person_for}", channel="voice", phone=phone, reason="user_request", urgent=False,
+                sender_id=f"notice:{person_for}", channel="voice", phone=facts.phone if facts else None, reason="user_request", urgent=False,
                 transcript=(("bot", "社区通知电话"), ("user", "听完通知后按0找工作人员")), form_name=None,
                 form_slots={"notice_delivery": person_for}, idempotency_key=f"notice-person:{person_for}"))
             return CallScript(script.say, "person", script.language, reference=receipt.reference)

@@ -19,13 +19,12 @@ from backend.infra import jobs
 from backend.infra.tx import TransactionRunner
 from backend.messaging.outbox import Outbox
 from backend.outreach.callbacks import Callbacks, CallbackSettings
-from backend.outreach.calls import CALL_JOB, TIMEOUT_JOB, CallDialer, CallSettings, OutboundCalls
+from backend.outreach.calls import CALL_JOB, TIMEOUT_JOB, CallDialer, CallFacts, CallSettings, OutboundCalls
 from backend.outreach.checkins import ATTEMPT_JOB, PLAN_JOB, PLAN_KEY, Checkins, Handoffs
 from backend.outreach.notices import SEND_JOB, Notices
 from backend.outreach.policy import OutreachPolicy
 from backend.outreach.prefs import Preferences
 from backend.outreach.script import CallScript
-from backend.outreach.store import OutboundCall
 from backend.outreach.texts import STOP_WORDS, OutreachTexts, heard
 
 
@@ -47,12 +46,18 @@ class Outreach:
                                    CallbackSettings.from_config(handoff_config or {}), bool(env.get("AGENT_NUMBER")))
 
     def job_handlers(self) -> dict[str, Callable[[Mapping[str, Any]], None]]:
+        def plan(_: Mapping[str, Any]) -> None:
+            self.checkins.plan_daily()
+
+        def send(payload: Mapping[str, Any]) -> None:
+            self.notices.send(int(payload["notice_id"]))
+
         return {
             CALL_JOB: lambda p: self.calls.place(int(p["call_id"])),
             TIMEOUT_JOB: lambda p: self.calls.timeout(int(p["call_id"])),
-            PLAN_JOB: lambda p: {self.checkins.plan_daily()} and None,
+            PLAN_JOB: plan,
             ATTEMPT_JOB: lambda p: self.checkins.attempt(int(p["day_id"])),
-            SEND_JOB: lambda p: {self.notices.send(int(p["notice_id"]))} and None,
+            SEND_JOB: send,
         }
 
     def arm(self) -> None:
@@ -61,23 +66,16 @@ class Outreach:
 
     def answer(self, call_id: int, step: str, digits: str = "", speech: str = "", tries: int = 0) -> CallScript:
         """The answered call's next turn, by the purpose that placed it."""
-        purpose = self.call_purpose(call_id)
-        handler = {"checkin": self.checkins, "notice": self.notices, "callback": self.callbacks}.get(purpose or "")
+        facts = self.calls.facts(call_id)
+        handler = {"checkin": self.checkins, "notice": self.notices,
+                   "callback": self.callbacks}.get(facts.purpose if facts else "")
         if handler is None:
             return CallScript((self.texts.get("checkin_goodbye"),), "end")
         return handler.answer(call_id, step, digits, speech, tries)
 
-    def call_purpose(self, call_id: int) -> str | None:
-        return self.runner.run(lambda unit: (lambda c: c.purpose if c else None)(unit.session.get(OutboundCall, call_id)))
-
-    def call_language(self, call_id: int) -> str:
-        return self.runner.run(lambda unit: (lambda c: c.language if c else "zh")(unit.session.get(OutboundCall, call_id)))
-
-    def promise_callback(self, call_id: int, reference: str) -> bool:
+    def promise_callback(self, facts: CallFacts, reference: str) -> bool:
         """The person asked for on an outbound call did not answer: call back for `reference`."""
-        found = self.runner.run(lambda unit: (lambda c: (self.calls.phone(c), c.language) if c else None)(
-            unit.session.get(OutboundCall, call_id)))
-        return bool(found and reference) and self.callbacks.schedule(reference, found[0], found[1])
+        return bool(reference) and self.callbacks.schedule(reference, facts.phone, facts.language)
 
     def sms_reply(self, phone: str, body: str) -> str | None:
         """An SMS meant for outreach: a check-in answer, or "不要再打". None: not for us."""
@@ -88,17 +86,3 @@ class Outreach:
             self.notices.stop_calls(phone)
             return self.texts.get("no_calls_sms")
         return None
-
-    def set_language(self, phone: str, language: str, actor: str, written: bool | None = None) -> None:
-        values: dict[str, Any] = {"language": language}
-        if written is not None:
-            values["written_cantonese"] = written
-        self.runner.run(lambda unit: self.prefs.update(unit, self.prefs.phone_hash(phone), actor, **values))
-
-    def language(self, phone: str) -> str | None:
-        """The stored spoken-language preference, or None when the resident has none."""
-        def work(unit: AlertUnit) -> str | None:
-            pref = self.prefs.find(unit, self.prefs.phone_hash(phone))
-            return pref.language if pref is not None else None
-
-        return self.runner.run(work)
