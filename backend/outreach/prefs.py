@@ -15,6 +15,16 @@ from backend.outreach.store import ContactPreference
 LANGUAGES = ("zh", "yue")
 
 
+def channel_language(pref: ContactPreference | None, channel: str) -> str | None:
+    """The resident's language on `channel`, None without a preference. SMS are standard written
+    Chinese unless the resident asked for written Cantonese."""
+    if pref is None or pref.language not in LANGUAGES:
+        return None
+    if channel == "sms" and pref.language == "yue" and not pref.written_cantonese:
+        return None
+    return pref.language
+
+
 class Preferences:
     def __init__(self, cipher: FieldCipher) -> None:
         self.cipher = cipher
@@ -26,13 +36,10 @@ class Preferences:
         return unit.session.scalar(select(ContactPreference).where(ContactPreference.phone_hash == phone_hash))
 
     def language(self, unit: UnitOfWork, phone_hash: str) -> str:
-        pref = self.find(unit, phone_hash)
-        return pref.language if pref is not None and pref.language in LANGUAGES else "zh"
+        return channel_language(self.find(unit, phone_hash), "voice") or "zh"
 
     def sms_language(self, unit: UnitOfWork, phone_hash: str) -> str:
-        """SMS are standard written Chinese unless the resident asked for written Cantonese."""
-        pref = self.find(unit, phone_hash)
-        return "yue" if pref is not None and pref.language == "yue" and pref.written_cantonese else "zh"
+        return channel_language(self.find(unit, phone_hash), "sms") or "zh"
 
     def update(self, unit: UnitOfWork, phone_hash: str, actor: str, **values: object) -> ContactPreference:
         pref = self.find(unit, phone_hash)
@@ -60,12 +67,8 @@ class LanguageStore:
         self.runner = TransactionRunner(sessions, clock)
 
     def language_for(self, phone: str, channel: str) -> str | None:
-        pref = self.runner.run(lambda unit: self.prefs.find(unit, self.prefs.phone_hash(phone)))
-        if pref is None or pref.language not in LANGUAGES:
-            return None
-        if channel == "sms" and pref.language == "yue" and not pref.written_cantonese:
-            return None  # standard written Chinese by SMS unless asked
-        return pref.language
+        return channel_language(self.runner.run(lambda unit: self.prefs.find(unit, self.prefs.phone_hash(phone))),
+                                channel)
 
     def remember(self, phone: str, language: str, channel: str) -> None:
         values: dict[str, Any] = {"language": language}
