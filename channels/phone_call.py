@@ -90,14 +90,14 @@ class PhoneCall:
             language = self.runtime.assistant.begin(CHANNEL, call_sid, caller, language)
         except StoreUnavailable:
             language = "zh"
-        greeting = self.navs.get(language, self.nav).flow.greeting
+        nav = self.navs.get(language, self.nav)
         if self.calls.direct_to_human(caller):
-            return self.person(call_sid, caller, (greeting,))
-        return self.menu(self.flow.start, (greeting,), call_sid=call_sid)
+            return self.person(call_sid, caller, (nav.flow.greeting,))
+        return self.menu(self.flow.start, (nav.flow.greeting,), nav=nav)
 
-    def menu(self, step: str, say: Sequence[str] = (), tries: int = 0, call_sid: str | None = None) -> CallStep:
-        flow = self.spoken(call_sid).flow if call_sid else self.flow
-        return CallStep((*say, flow.steps[step].prompt), "listen", step=step, tries=tries)
+    def menu(self, step: str, say: Sequence[str] = (), tries: int = 0, nav: IvrNavigator | None = None) -> CallStep:
+        """A menu's prompt, in the language of `nav` (the call's, read once per webhook)."""
+        return CallStep((*say, (nav or self.nav).flow.steps[step].prompt), "listen", step=step, tries=tries)
 
     def heard(self, call_sid: str, caller: str | None, step: str, expects: str | None, tries: int,
               value: CallInput, message_id: str | None = None) -> CallStep:
@@ -106,7 +106,7 @@ class PhoneCall:
             return self._confirmed(call_sid, caller, value, message_id)
         nav = self.spoken(call_sid)
         outcome = nav.in_conversation(expects, value, tries) if step == "conv" else nav.at_menu(step, value, tries)
-        return self.follow(outcome, call_sid, caller, expects, step, message_id)
+        return self.follow(outcome, call_sid, caller, expects, step, message_id, nav)
 
     def _confirmed(self, call_sid: str, caller: str | None, value: CallInput, message_id: str | None) -> CallStep:
         pending = self.pending.load(call_sid) or PendingSpeech()
@@ -114,21 +114,22 @@ class PhoneCall:
         said_yes = bool(value.speech) and self.runtime.assistant.parse(value.speech).intent.name == "affirm"
         if value.digits == "1" or said_yes:
             return self.converse(call_sid, caller, pending.text, message_id=message_id)
-        again = self.spoken(call_sid).message("say_again")
+        nav = self.spoken(call_sid)
+        again = nav.message("say_again")
         if pending.step in self.flow.steps:
-            return self.menu(pending.step, (again,), call_sid=call_sid)
+            return self.menu(pending.step, (again,), nav=nav)
         return CallStep((again,), "listen", step="conv", expects=pending.expects)
 
     def follow(self, outcome: IvrOutcome, call_sid: str, caller: str | None, expects: str | None,
-               step: str | None, message_id: str | None = None) -> CallStep:
+               step: str | None, message_id: str | None = None, nav: IvrNavigator | None = None) -> CallStep:
         self.calls.step(call_sid, outcome.kind if outcome.kind != "menu" else f"menu:{outcome.step}")
-        nav = self.spoken(call_sid)
+        nav = nav or self.spoken(call_sid)
         if outcome.kind == "human":
             return self.person(call_sid, caller, outcome.say)
         if outcome.kind == "end":
             return CallStep((*outcome.say, nav.message("goodbye")), "end")
         if outcome.kind == "menu":
-            return self.menu(outcome.step or self.flow.start, outcome.say, outcome.tries, call_sid=call_sid)
+            return self.menu(outcome.step or self.flow.start, outcome.say, outcome.tries, nav=nav)
         if outcome.kind == "confirm_speech":
             self.pending.save(call_sid, PendingSpeech(outcome.text or "", expects, step))
             return CallStep(outcome.say, "listen", step="confirm", expects=expects)
@@ -137,7 +138,7 @@ class PhoneCall:
                                  message_id)
         if outcome.meta.get("then") == "menu":  # * inside a form: drop it, back to the menu
             first = self._core(call_sid, caller, outcome.text or "/cancel", message_id).replies[0]
-            return self.menu(self.flow.start, (first.speech or first.text,), call_sid=call_sid)
+            return self.menu(self.flow.start, (first.speech or first.text,), nav=nav)
         return self.converse(call_sid, caller, outcome.text or "", outcome.say, message_id=message_id)
 
     def person(self, call_sid: str, caller: str | None, say: Sequence[str] = ()) -> CallStep:
