@@ -396,11 +396,15 @@ class Checkins:
                 query = query.where(CareHousehold.grid_id.in_(grids))
             households = unit.session.scalars(query.order_by(CareHousehold.code)).all()
             since = today - timedelta(days=30)
+            by_home: dict[int, list[tuple[date, str]]] = {h.id: [] for h in households}
+            for home, day, state in unit.session.execute(  # one query for every household on the page
+                    select(CheckinDay.household_id, CheckinDay.day, CheckinDay.state).where(
+                        CheckinDay.household_id.in_(list(by_home)), CheckinDay.day > since, CheckinDay.day <= today)
+                    .order_by(CheckinDay.day.desc())):
+                by_home[home].append((day, state))
             out = []
             for h in households:
-                days = unit.session.execute(select(CheckinDay.day, CheckinDay.state).where(
-                    CheckinDay.household_id == h.id, CheckinDay.day > since, CheckinDay.day <= today)
-                    .order_by(CheckinDay.day.desc())).all()
+                days = by_home[h.id]
                 streak = 0
                 for _, state in days:
                     if state not in CHECKIN_FINAL:
