@@ -208,6 +208,7 @@ def run_busy(port: int, args: argparse.Namespace, services) -> None:
         "failed_calls": sum(line.errors for line in lines),
         "process_cpu_s_per_s_incl_callers": round((time.process_time() - cpu_before) / elapsed, 2),
         "decode_workers": services.config.decode_workers, "cpu_threads": services.config.cpu_threads,
+        "fast_decoder": services.config.fast_decoder, "hurried_decodes": services.pool.hurried,
         "load_before": round(load_before, 2), "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }), flush=True)
 
@@ -223,7 +224,9 @@ def main() -> None:
     parser.add_argument("--clips", default=str(ROOT / "tests" / "audio"), help="busy-lines mode: WAV folder")
     parser.add_argument("--workers", help="decode workers (voice.workers), e.g. 1 to compare")
     parser.add_argument("--threads", help="threads per decode (voice.cpu_threads)")
-    parser.add_argument("--fast-decoder", action="store_true", help="voice.fast_decoder: true (window cut)")
+    parser.add_argument("--decoder", choices=("never", "always", "when_busy"),
+                        help="voice.fast_decoder (default: config.yml's); always = window cut for every decode")
+    parser.add_argument("--fast-decoder", action="store_true", help="same as --decoder always")
     parser.add_argument("--tts-cache", help="keep the rendered prompts here between runs (DATA_DIR/tts)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-media-"))
@@ -242,8 +245,8 @@ def main() -> None:
         voice["workers"] = int(args.workers)
     if args.threads:
         voice["cpu_threads"] = int(args.threads)
-    if args.fast_decoder:
-        voice["fast_decoder"] = True
+    if args.decoder or args.fast_decoder:
+        voice["fast_decoder"] = "always" if args.fast_decoder else args.decoder
     runtime = build_runtime(settings)
     if args.tts_cache and not kept_keys.exists() and (tmp / "keys.json").exists():
         shutil.copyfile(tmp / "keys.json", kept_keys)

@@ -285,6 +285,10 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     if config.recognizer == "faster_whisper":
         asr["cache_dir"] = str(default_cache_dir(env, settings.model_dir))
         asr["decoders"] = f"{config.decode_workers} in parallel × {config.cpu_threads} thread(s) each"
+        asr["window"] = {"never": "full 30 s window for every answer",
+                         "always": "cut to the speech for every answer (fast decoder)",
+                         "when_busy": f"full 30 s window; cut to the speech while decodes queue or the workers"
+                                      f" would be > {config.busy_utilisation:.0%} busy"}[config.fast_decoder]
     report["recognizer"] = asr
     report["vosk_model"] = env.get("VOSK_MODEL_PATH") or None
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,12 @@ class VoiceServices:
     def pool(self) -> DecodePool | None:
         with self._build:
             recognizer = shared_recognizer(self.config, self._env, self._model_dir)
-            return DecodePool(recognizer, self.config.decode_workers) if recognizer is not None else None
+            if recognizer is None:
+                return None
+            # Only a recogniser with a cheaper mode can hurry (Whisper; not Vosk or a remote one).
+            hurry = self.config.fast_decoder == "when_busy" and "hurry" in signature(recognizer.transcribe).parameters
+            return DecodePool(recognizer, self.config.decode_workers, hurry_when_busy=hurry,
+                              busy_utilisation=self.config.busy_utilisation)
 
     @property
     def unavailable(self) -> str | None:

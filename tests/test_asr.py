@@ -295,6 +295,7 @@ def test_doctor_reports_recogniser_model_checksum_and_tts(whisper, asr_cache, tm
     assert asr["ok"] and asr["name"] == "faster_whisper"
     assert asr["model_sha256"] == DEFAULT_MODEL_SHA256 and asr["model_path"].endswith(DEFAULT_MODEL_NAME)
     assert asr["decoders"].startswith(f"{VoiceConfig().decode_workers} in parallel × 1 thread")
+    assert asr["window"].startswith("full 30 s window; cut to the speech while decodes queue")
     configured = VoiceConfig.from_config(settings.config).tts_engine  # config.yml's voice.tts.engine
     assert report["tts"]["configured"] == configured and "speech_input" in report
 
@@ -489,3 +490,89 @@ def test_phone_audio_is_cut_to_the_speech_wide_band_is_not_and_silence_never_rea
     assert wide == set() and 0.2 < t.speech_start < 1.0  # the span is reported, the audio decoded whole
     quiet: set[str] = set()
     assert whisper.transcribe(Audio(np.zeros(16000, np.float32), 16000), trace=quiet).no_speech and quiet == {"vad"}
+
+
+# --- hurrying when decodes queue up (voice.fast_decoder: when_busy) ------------------------------
+class PacedRecognizer:
+    """Test stand-in for the model's two speeds: an unhurried decode takes `slow` seconds of the fake
+    clock, a hurried one `fast`; records which it was asked for."""
+
+    name = "paced"
+
+    def __init__(self, clock: list[float], slow: float = 1.3, fast: float = 0.3) -> None:
+        self.clock, self.slow, self.fast, self.asked = clock, slow, fast, []
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.release.set()
+
+    def transcribe(self, audio, expect=None, *, hurry=False):
+        self.entered.set()
+        self.release.wait(10)
+        self.asked.append(hurry)
+        self.clock[0] += self.fast if hurry else self.slow
+        return Transcript("对", "对", 0.9, 0, audio.seconds, audio.seconds, 0.0, self.name)
+
+
+def _utterance() -> Audio:
+    return Audio(np.zeros(8000, dtype=np.float32), 8000, telephone=True)
+
+
+def test_a_quiet_line_gets_the_full_window_and_a_flood_gets_hurried():
+    now = [0.0]
+    rec = PacedRecognizer(now)
+    pool = DecodePool(rec, workers=2, hurry_when_busy=True, busy_utilisation=0.6, clock=lambda: now[0])
+    try:
+        for _ in range(3):  # a kiosk: one answer every 20 s
+            pool.submit(_utterance()).result(timeout=5)
+            now[0] += 20
+        assert rec.asked == [False, False, False] and pool.hurried == 0
+        assert pool.utilisation() == pytest.approx(1 / 30 * 1.3 / 2, abs=0.005)  # one answer in 30 s
+        # 20 busy lines: two answers a second. 2/s × 1.3 s / 2 workers > 0.6 → hurried once the 30 s
+        # window has seen enough of them (the fake clock also moves while each answer decodes).
+        start = now[0]
+        for i in range(60):
+            now[0] = start + 0.5 * i
+            pool.submit(_utterance()).result(timeout=5)
+        assert pool.utilisation() > 0.6 and rec.asked[-30:] == [True] * 30
+        # Quiet again: once the 30 s window has emptied, decodes get the full window back.
+        now[0] += 60
+        pool.submit(_utterance()).result(timeout=5)
+        assert rec.asked[-1] is False
+    finally:
+        pool.close()
+
+
+def test_an_utterance_with_others_queued_behind_it_is_hurried_and_never_is_without_the_setting():
+    for hurry_when_busy in (True, False):
+        now = [0.0]
+        rec = PacedRecognizer(now)
+        pool = DecodePool(rec, workers=1, hurry_when_busy=hurry_when_busy, clock=lambda now=now: now[0])
+        rec.release.clear()  # the worker holds the first; three more queue behind it
+        try:
+            futures = [pool.submit(_utterance())]
+            assert rec.entered.wait(5)
+            futures += [pool.submit(_utterance()) for _ in range(3)]
+            rec.release.set()
+            for future in futures:
+                future.result(timeout=5)
+        finally:
+            pool.close()
+        # The first started before the others arrived; the next two had others behind them; the last had
+        # none, but 4 arrivals in 5 s × the first's 1.3 s on one worker is a flood.
+        assert rec.asked == ([False, True, True, True] if hurry_when_busy else [False] * 4)
+
+
+def test_a_hurried_decode_uses_the_cut_window_and_still_hears_the_words(whisper):
+    trace: set[str] = set()
+    t = whisper.transcribe(clip("aishell1sample_BAC009S0150W0002.wav"), trace=trace, hurry=True)
+    assert {"hurried", "window_cut"} <= trace and cer("设定三十度", t.text) <= 0.2, t.text
+    calm: set[str] = set()
+    whisper.transcribe(clip("aishell1sample_BAC009S0150W0002.wav"), trace=calm)
+    assert not calm & {"hurried", "window_cut"}
+
+
+def test_fast_decoder_setting_reads_old_and_new_spellings():
+    assert VoiceConfig().fast_decoder == "when_busy"
+    for value, mode in ((True, "always"), (False, "never"), ("when_busy", "when_busy"), ("ALWAYS", "always")):
+        assert VoiceConfig.from_config({"voice": {"fast_decoder": value}}).fast_decoder == mode
+    config = load_settings({"DATA_DIR": "/tmp/unused"}).config
+    assert VoiceConfig.from_config(config).fast_decoder == "when_busy"

@@ -75,4 +75,4 @@ def unavailable_reason(config: VoiceConfig) -> str | None:
 
 def _shared_key(config: VoiceConfig) -> str:
     return (f"{config.recognizer}:{config.beam_size}:{config.cpu_threads}:{config.compute_type}:{config.decode_workers}"
-            f":{bool(config.extra.get('fast_decoder'))}")
+            f":{config.fast_decoder}")

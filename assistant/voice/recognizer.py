@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -65,7 +68,16 @@ class Recognizer(Protocol):
     name: str
 
     def transcribe(self, audio: Audio, expect: Expectation | None = None) -> Transcript:
-        """Recognise one utterance (any rate; mono). Must be safe to call from several threads."""
+        """Recognise one utterance (any rate; mono). Must be safe to call from several threads.
+        A recogniser with a cheaper mode also takes `hurry=True` (see `Hurried`)."""
+        ...
+
+
+class Hurried(Protocol):
+    """A recogniser that can trade the last words for time when decodes queue up (Whisper: the
+    encoder window cut to the speech). `DecodePool(hurry_when_busy=True)` asks for it."""
+
+    def transcribe(self, audio: Audio, expect: Expectation | None = None, *, hurry: bool = False) -> Transcript:
         ...
 
 
@@ -117,6 +129,19 @@ class VoiceConfig:
         return cls(**values, extra=extra)
 
     @property
+    def fast_decoder(self) -> str:
+        """`voice.fast_decoder`: "never" (false), "always" (true) or "when_busy" (the default)."""
+        value = self.extra.get("fast_decoder", "when_busy")
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        value = str(value).strip().lower()
+        return value if value in ("always", "never", "when_busy") else "when_busy"
+
+    @property
+    def busy_utilisation(self) -> float:
+        return float(self.extra.get("busy_utilisation", 0.6))
+
+    @property
     def decode_workers(self) -> int:
         """How many utterances are decoded at once: `workers`, or one per usable core for "auto"."""
         value = str(self.workers).strip()  # 3, "3" or "auto" (YAML gives either type)
@@ -161,17 +186,69 @@ class DecodePool:
     CTranslate2 releases the GIL while decoding, so a request thread stays responsive. One worker
     per core (each a single-threaded decode on its own model replica) gives the most utterances a
     second; more workers than cores only queue for the same cores.
+
+    `hurry_when_busy` (a `Hurried` recogniser): a decode is hurried when others wait behind it, or
+    when the recent arrival rate × the time an unhurried decode takes would keep the workers more
+    than `busy_utilisation` busy — so a quiet kiosk gets Whisper's full window and 20 busy phone lines
+    get answers in time instead of a growing queue (bench/RESULTS.md, issue 16).
     """
 
-    def __init__(self, recognizer: Recognizer, workers: int = 1) -> None:
+    RATE_WINDOW_SECONDS = 30.0
+
+    def __init__(self, recognizer: Recognizer, workers: int = 1, *, hurry_when_busy: bool = False,
+                 busy_utilisation: float = 0.6, clock: Callable[[], float] = time.monotonic) -> None:
         self.recognizer = recognizer
-        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="asr")
+        self.workers = max(1, workers)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="asr")
+        self.hurry_when_busy, self.busy_utilisation, self._clock = hurry_when_busy, busy_utilisation, clock
+        self._lock = threading.Lock()
+        self._queued = 0  # submitted, not yet started
+        self._arrivals: deque[float] = deque()
+        self._first_arrival: float | None = None
+        self._unhurried_seconds: float | None = None  # running mean of an unhurried decode's wall time
+        self.hurried = 0
 
     def submit(self, audio: Audio, expect: Expectation | None = None) -> Future[Transcript]:
+        with self._lock:
+            now = self._clock()
+            self._queued += 1
+            self._arrivals.append(now)
+            self._first_arrival = now if self._first_arrival is None else self._first_arrival
         return self._executor.submit(self._decode, audio, expect)
 
+    def utilisation(self) -> float:
+        """How busy the workers would be if every recent arrival were decoded unhurried (0 = unknown)."""
+        with self._lock:
+            return self._utilisation(self._clock())
+
+    def _utilisation(self, now: float) -> float:
+        while self._arrivals and self._arrivals[0] < now - self.RATE_WINDOW_SECONDS:
+            self._arrivals.popleft()
+        if self._unhurried_seconds is None or self._first_arrival is None:
+            return 0.0
+        # Over at least 5 s, so the first two utterances of a day do not read as a flood.
+        span = min(self.RATE_WINDOW_SECONDS, max(5.0, now - self._first_arrival))
+        return len(self._arrivals) / span * self._unhurried_seconds / self.workers
+
+    def _should_hurry(self) -> bool:
+        with self._lock:
+            self._queued -= 1
+            if not self.hurry_when_busy:
+                return False
+            return self._queued > 0 or self._utilisation(self._clock()) > self.busy_utilisation
+
     def _decode(self, audio: Audio, expect: Expectation | None) -> Transcript:
-        transcript = self.recognizer.transcribe(audio, expect)
+        hurry = self._should_hurry()
+        started = self._clock()
+        if hurry:
+            self.hurried += 1
+            transcript = self.recognizer.transcribe(audio, expect, hurry=True)  # type: ignore[call-arg]
+        else:
+            transcript = self.recognizer.transcribe(audio, expect)
+            took = self._clock() - started
+            with self._lock:
+                last = self._unhurried_seconds
+                self._unhurried_seconds = took if last is None else 0.8 * last + 0.2 * took
         notify_decoded(transcript)
         return transcript
 

@@ -271,7 +271,7 @@ class WhisperRecognizer:
     @classmethod
     def from_env(cls, config: VoiceConfig, env: Mapping[str, str], cache_dir: Path) -> WhisperRecognizer:
         model_dir, source = resolve_model_dir(env, cache_dir)
-        fast = bool(config.extra.get("fast_decoder", False))  # opt-in, with its own retry plan as before
+        fast = config.fast_decoder == "always"  # with its own retry plan, as a hurried decode has
         options = DecodeOptions(beam_size=config.beam_size, vad_threshold=config.vad_threshold,
                                 vad_pad_ms=config.vad_speech_pad_ms, fast_decoder=fast, retries=fast)
         return cls(model_dir, options, cpu_threads=config.cpu_threads, workers=config.decode_workers,
@@ -279,12 +279,13 @@ class WhisperRecognizer:
 
     # --- public ------------------------------------------------------------------------------
     def transcribe(self, audio: Audio, expect: Expectation | None = None, *,
-                   trace: set[str] | None = None) -> Transcript:
+                   trace: set[str] | None = None, hurry: bool = False) -> Transcript:
         """Recognise one utterance. `trace`, if given, collects the names of the steps that changed
         something (vad, vad_trim, telephone_level, window_cut, temperature_fallback, retries, tame_loops,
         hallucination_guard): a step absent from it left this result exactly as without the step.
         "unsure" / "looping" mark an answer on which the temperature fallback / retries, were they on,
-        would have run."""
+        would have run. `hurry` (decodes are queueing, `DecodePool`): the fast decoder with its retry
+        plan for this utterance, whatever `fast_decoder` says."""
         started = time.perf_counter()
         opts = self.options
         expect = expect or Expectation()
@@ -309,7 +310,7 @@ class WhisperRecognizer:
             if trim and (cut_start > 0 or cut_end < audio16.seconds):
                 fired.add("vad_trim")
                 samples = samples[int(cut_start * 16000) : int(cut_end * 16000)]
-        hyps, no_speech_prob = self._decode(samples, expect, fired)
+        hyps, no_speech_prob = self._decode(samples, expect, fired, hurry)
         best = hyps[0] if hyps else Hypothesis("", -10.0, 1)
         if opts.tame_loops and (tamed := tame(best)) is not best:
             fired.add("tame_loops")
@@ -335,11 +336,13 @@ class WhisperRecognizer:
     def _empty(self, seconds: float, started: float) -> Transcript:
         return Transcript("", "", 0.0, 0.0, 0.0, seconds, time.perf_counter() - started, self.name, no_speech=True)
 
-    def _decode(self, samples: np.ndarray, expect: Expectation,
-                fired: set[str] | None = None) -> tuple[list[Hypothesis], float]:
+    def _decode(self, samples: np.ndarray, expect: Expectation, fired: set[str] | None = None,
+                hurry: bool = False) -> tuple[list[Hypothesis], float]:
         fired = set() if fired is None else fired
-        if self.options.fast_decoder:
-            return self._decode_fast(samples, expect, fired)
+        if hurry:
+            fired.add("hurried")
+        if self.options.fast_decoder or hurry:
+            return self._decode_fast(samples, expect, fired, retries=self.options.retries or hurry)
         temperatures = WHISPER_TEMPERATURES if self.options.temperature_fallback else (0.0,)
         attempts = [self._whisper(samples, expect, temperatures, fired)]
         # Whisper's fallback looks at the compression ratio, which short Chinese loops pass.
@@ -375,8 +378,8 @@ class WhisperRecognizer:
         return [Hypothesis("".join(s.text for s in parts), logprob, tokens)], no_speech
 
     # --- the fast decoder (opt-in) ------------------------------------------------------------
-    def _decode_fast(self, samples: np.ndarray, expect: Expectation,
-                     fired: set[str]) -> tuple[list[Hypothesis], float]:
+    def _decode_fast(self, samples: np.ndarray, expect: Expectation, fired: set[str],
+                     retries: bool) -> tuple[list[Hypothesis], float]:
         seconds = len(samples) / 16000
         if seconds > SHORT_PATH_MAX_SECONDS:
             return self._whisper(samples, expect, WHISPER_TEMPERATURES, fired)
@@ -384,7 +387,7 @@ class WhisperRecognizer:
         if window < 3000:
             fired.add("window_cut")
         attempts = [self._generate(samples, expect, window)]
-        if not self.options.retries:
+        if not retries:
             return attempts[0]
         # Whisper's own remedies, in turn: the full 30 s window it was trained on (a cut window can
         # loop or garble), then, for a loop only, sampling at rising temperatures. A merely unsure
