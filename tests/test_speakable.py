@@ -102,6 +102,9 @@ def test_every_prompt_of_the_deployment_is_listed_and_fixed_pieces_skip_the_valu
     assert not any("{" in p.text for p in prompts)
     sources = {p.source.split(":")[0] for p in prompts}
     assert sources == {"domain", "flow"}
+    # Cantonese wording is said by the Cantonese voice: not rendered or scored as Mandarin.
+    assert {p.source.split(":")[1] for p in prompts if p.source.startswith("flow:")} == {"main"}
+    assert not any("撳" in p.text or "唔" in p.text for p in prompts)
     assert fixed_pieces("我核对一下：办老年证，{name}，电话{phone}。对吗？") == ["我核对一下：办老年证，", "对吗？"]
     assert fixed_pieces("已提交。受理编号{reference}，请记下来。") == ["已提交。", "请记下来。"]
     fixed = fixed_phrases(domain, flows)

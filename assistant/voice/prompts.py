@@ -143,5 +143,8 @@ def fixed_phrases(domain: Domain, flow_paths: Iterable[Path]) -> list[str]:
 
 
 def load_prompts(root: Path) -> tuple[Domain, list[Path]]:
-    """The deployment's domain.yml and flows (what `serve` speaks)."""
-    return Domain.load(root / "domain.yml"), sorted((root / "ivr_flows").glob("*.yml"))
+    """The deployment's domain.yml and Mandarin flows (what the Mandarin voice speaks). Another
+    language's wording (main.yue.yml, domain.yue.yml) is said by that language's voice, never by
+    this one: neither rendered ahead nor scored as Mandarin."""
+    flows = [path for path in sorted((root / "ivr_flows").glob("*.yml")) if "." not in path.stem]
+    return Domain.load(root / "domain.yml"), flows
