@@ -81,7 +81,8 @@ class Assistant:
             if state.replay and state.offer is None:  # "您想用广东话吗？" answered: now the request itself
                 text, state.replay = state.replay, None
                 replies += self.engine.handle(state, self.nlu.parse(text, self.clock()),
-                                              replace(message, text=text, message_id=None))
+                                              replace(message, text=text, message_id=None,
+                                                      metadata={**message.metadata, "replay": True}))
             if state.language != spoken and self.languages is not None and message.phone:
                 self.languages.remember(message.phone, state.language, message.channel)
             state.last_message_id = message.message_id

@@ -80,6 +80,16 @@ def test_cantonese_heard_is_confirmed_then_the_request_goes_on_in_cantonese(runt
     assert turn.status.language == "yue"
 
 
+def test_the_message_kept_through_the_language_question_is_in_the_transcript_once(runtime):
+    core = runtime.assistant
+    first = "我屋企楼下盏街灯坏咗好耐喇"
+    core.turn(UserMessage("yue-3", first, "rest"))
+    core.turn(UserMessage("yue-3", "係", "rest"))
+    transcript = core.sessions.load(core.session_key("rest", "yue-3"))["transcript"]
+    users = [text for role, text in transcript if role == "user"]
+    assert users == [first, "係"]
+
+
 def test_a_phone_call_runs_in_cantonese_and_the_next_call_is_greeted_in_it(runtime):
     flow = runtime.ivr_flow
     out = io.StringIO()

@@ -58,7 +58,8 @@ class DialogueEngine:
         turn = TurnReplies(self.domain, state.language)
         if message.phone and not state.phone:
             state.phone = message.phone
-        state.remember("user", message.text, self.settings.transcript_turns)
+        if not message.metadata.get("replay"):  # a message kept through "您想用广东话吗？" is in already
+            state.remember("user", message.text, self.settings.transcript_turns)
         if not self._language(state, parse, message, turn):
             self._dispatch(state, parse, message, turn)
         if not turn.replies:  # every path must answer; this is the safety net
