@@ -682,6 +682,28 @@ def test_a_retry_that_quiet_hours_would_push_to_tomorrow_ends_the_day_now(line: 
     assert (day.state, day.attempts) == ("missed", 1) and day.alert_id
 
 
+def test_pressing_0_after_a_notice_reaches_a_person_and_is_counted(line: Line):
+    phones = add_residents(line.runtime, 2)
+    line.sms.clock.now = datetime(2026, 11, 25, 10, 0, tzinfo=TZ)
+    notice_id = line.outreach.notices.create("停水", "明天停水。", Audience("list", phones=tuple(phones)), "voice",
+                                             "staff:test")
+    line.move(datetime(2026, 11, 25, 10, 0, tzinfo=TZ))  # the send job: calls one second apart from now
+    line.move(datetime(2026, 11, 25, 10, 0, 2, tzinfo=TZ))
+    first_call, second_call = line.api.calls
+    for call, digits in ((first_call, "0"), (second_call, "9")):
+        menu = line.answer(call)
+        reply = line.answer(type(call)(call.sid, call.to, PUBLIC_BASE_URL + menu.find("Gather").get("action"),
+                                       call.status_callback, call.form, call.created), Digits=digits)
+        if digits == "0":
+            assert "工作人员" in said(reply)
+    with line.runtime.db_sessions() as s:
+        (handoff,) = s.scalars(select(Handoff)).all()
+        assert handoff.channel == "voice" and handoff.status == "waiting"
+    (report,) = line.outreach.notices.reports([notice_id])
+    assert (report.recipients, report.asked_person, report.repeats) == (2, 1, 1)
+    assert report.states == {"listened": 1, "sending": 1}  # the second is still on the line, listening again
+
+
 def test_an_answering_machine_is_not_counted_as_listening(line: Line):
     phones = add_residents(line.runtime, 1)
     line.sms.clock.now = datetime(2026, 11, 25, 10, 0, tzinfo=TZ)

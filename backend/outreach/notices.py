@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from assistant.ports import HandoffRequest
 from backend.alerts.unit import AlertUnit
@@ -283,23 +283,28 @@ class Notices:
             query = select(Notice).order_by(Notice.id.desc()).limit(limit)
             if notice_ids is not None:
                 query = select(Notice).where(Notice.id.in_(list(notice_ids))).order_by(Notice.id)
-            out = []
-            for n in unit.session.scalars(query):
-                report = NoticeReport(n.id, n.title, n.state, n.channel, n.send_at, n.segments, 0)
-                rows = unit.session.execute(
-                    select(NoticeDelivery.state, NoticeDelivery.channel, SmsOutbox.send_state,
-                           SmsOutbox.delivery_status, NoticeDelivery.repeats, NoticeDelivery.asked_person)
-                    .outerjoin(SmsOutbox, SmsOutbox.id == NoticeDelivery.sms_id)
-                    .where(NoticeDelivery.notice_id == n.id)).all()
-                for state, channel, send_state, delivery_status, repeats, person in rows:
-                    if channel == "sms" and state == "sending":
-                        state = _sms_state(send_state, delivery_status)
-                    report.states[state] = report.states.get(state, 0) + 1
-                    report.repeats += repeats
-                    report.asked_person += bool(person)
-                report.recipients = len(rows)
-                out.append(report)
-            return out
+            reports = {n.id: NoticeReport(n.id, n.title, n.state, n.channel, n.send_at, n.segments, 0)
+                       for n in unit.session.scalars(query)}
+            if not reports:
+                return []
+            # One grouped query for every notice on the page (a notice can have thousands of rows).
+            grouped = (NoticeDelivery.notice_id, NoticeDelivery.state, NoticeDelivery.channel,
+                       SmsOutbox.send_state, SmsOutbox.delivery_status)
+            rows = unit.session.execute(
+                select(*grouped, func.count(), func.sum(NoticeDelivery.repeats),
+                       func.sum(case((NoticeDelivery.asked_person, 1), else_=0)))
+                .outerjoin(SmsOutbox, SmsOutbox.id == NoticeDelivery.sms_id)
+                .where(NoticeDelivery.notice_id.in_(list(reports)))
+                .group_by(*grouped)).all()
+            for notice_id, state, channel, send_state, delivery_status, count, repeats, person in rows:
+                report = reports[notice_id]
+                if channel == "sms" and state == "sending":
+                    state = _sms_state(send_state, delivery_status)
+                report.states[state] = report.states.get(state, 0) + count
+                report.repeats += int(repeats or 0)
+                report.asked_person += int(person or 0)
+                report.recipients += count
+            return list(reports.values())
 
         return self.runner.run(work)
 
