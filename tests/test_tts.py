@@ -276,6 +276,7 @@ def test_config_section_is_read_with_defaults():
     assert (config.beam_size, config.vad_min_silence_ms, config.tts_rate) == (3, 900, 120)
     tts = TtsSettings.from_config(config)
     assert (tts.speed, tts.pauses.question, tts.pauses.clause) == (0.8, 1.0, 0.25)
+    assert (tts.min_speed, TtsSettings.from_config(_config(min_speed=0.75)).min_speed) == (0.5, 0.75)
     assert config.extra == {"future_option": 1}
     espeak = TtsSettings.from_config(_config(engine="espeak", voice="cmn"))
     assert espeak.espeak_voice == "cmn"  # `voice:` names the espeak voice when espeak is the engine

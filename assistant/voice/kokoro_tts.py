@@ -122,6 +122,7 @@ class KokoroVoice(LocalVoice):
             raise TtsUnavailable(f"cannot load the Kokoro model: {exc}") from exc
         self.speed = float(settings.speed)
         self.max_pace = float(settings.max_pace)
+        self.min_speed = min(float(settings.min_speed), self.speed)
         # At most `concurrency` syntheses at once: on a busy phone server the recogniser needs the
         # cores too, and one phrase at a time on two threads gives the first audio soonest.
         self._slots = threading.BoundedSemaphore(max(1, settings.concurrency))
@@ -129,7 +130,7 @@ class KokoroVoice(LocalVoice):
 
     @property
     def identity(self) -> str:
-        return f"kokoro-v1.0-int8|{self.settings.voice}|{self.speed:g}|{self.max_pace:g}"
+        return f"kokoro-v1.0-int8|{self.settings.voice}|{self.speed:g}|{self.max_pace:g}|{self.min_speed:g}"
 
     def render(self, text: str) -> np.ndarray:
         """One phrase. Kokoro hurries through a long clause (≈210 字/min at speed 0.85): a phrase
@@ -142,7 +143,7 @@ class KokoroVoice(LocalVoice):
         seconds = len(trim_silence(audio, SAMPLE_RATE)) / SAMPLE_RATE
         pace = syllables / seconds * 60 if seconds else 0.0
         if syllables >= 4 and pace > self.max_pace:
-            audio = self._run(tokens, max(0.5, self.speed * self.max_pace / pace))
+            audio = self._run(tokens, max(self.min_speed, self.speed * self.max_pace / pace))
         return audio
 
     def _run(self, tokens: list[int], speed: float) -> np.ndarray:

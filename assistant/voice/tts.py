@@ -69,6 +69,10 @@ class TtsSettings:
     voice: str = "jm_kumo+jf_gongitsune"  # Kokoro style, or a mix "a+b" / "a:0.7+b:0.3"
     speed: float = 0.85  # Kokoro speed (1.0 = its natural pace)
     max_pace: float = 150  # 字/min inside a phrase (pauses not counted); a faster phrase is said again slower
+    # … but never below this Kokoro speed. Below ≈0.7 Kokoro puts a vowel before a phrase ("而请说…")
+    # and loses tones; 0.75 with longer pauses was clearer to Whisper at the same overall pace, but
+    # says each phrase at ≈200 字/min (bench/RESULTS.md): not the default until seniors have listened.
+    min_speed: float = 0.5
     threads: int = 2  # onnxruntime threads per synthesis
     concurrency: int = 1  # syntheses at once
     espeak_voice: str = "cmn-latn-pinyin"
@@ -88,7 +92,7 @@ class TtsSettings:
         for name in ("engine", "voice", "espeak_voice", "cantonese_voice", "fallback"):
             if section.get(name) not in (None, ""):
                 values[name] = str(section[name])
-        for name, kind in (("speed", float), ("max_pace", float), ("threads", int), ("concurrency", int),
+        for name, kind in (("speed", float), ("max_pace", float), ("min_speed", float), ("threads", int), ("concurrency", int),
                            ("rate", int)):
             if section.get(name) not in (None, ""):
                 values[name] = kind(section[name])
