@@ -541,6 +541,18 @@ def test_a_quiet_line_gets_the_full_window_and_a_flood_gets_hurried():
         pool.close()
 
 
+def test_a_pool_that_never_hurries_still_forgets_old_arrivals():
+    now = [0.0]
+    pool = DecodePool(PacedRecognizer(now), workers=1, clock=lambda: now[0])
+    try:
+        for _ in range(200):  # a long day on a kiosk or a Vosk line: one answer every 10 s
+            pool.submit(_utterance()).result(timeout=5)
+            now[0] += 10
+        assert len(pool._arrivals) <= 4 and pool.hurried == 0
+    finally:
+        pool.close()
+
+
 def test_an_utterance_with_others_queued_behind_it_is_hurried_and_never_is_without_the_setting():
     for hurry_when_busy in (True, False):
         now = [0.0]

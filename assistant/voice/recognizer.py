@@ -213,6 +213,7 @@ class DecodePool:
             now = self._clock()
             self._queued += 1
             self._arrivals.append(now)
+            self._forget_arrivals_before(now - self.RATE_WINDOW_SECONDS)  # bounded, whether or not it hurries
             self._first_arrival = now if self._first_arrival is None else self._first_arrival
         return self._executor.submit(self._decode, audio, expect)
 
@@ -221,9 +222,12 @@ class DecodePool:
         with self._lock:
             return self._utilisation(self._clock())
 
-    def _utilisation(self, now: float) -> float:
-        while self._arrivals and self._arrivals[0] < now - self.RATE_WINDOW_SECONDS:
+    def _forget_arrivals_before(self, moment: float) -> None:
+        while self._arrivals and self._arrivals[0] < moment:
             self._arrivals.popleft()
+
+    def _utilisation(self, now: float) -> float:
+        self._forget_arrivals_before(now - self.RATE_WINDOW_SECONDS)
         if self._unhurried_seconds is None or self._first_arrival is None:
             return 0.0
         # Over at least 5 s, so the first two utterances of a day do not read as a flood.
@@ -235,13 +239,14 @@ class DecodePool:
             self._queued -= 1
             if not self.hurry_when_busy:
                 return False
-            return self._queued > 0 or self._utilisation(self._clock()) > self.busy_utilisation
+            hurry = self._queued > 0 or self._utilisation(self._clock()) > self.busy_utilisation
+            self.hurried += hurry
+            return hurry
 
     def _decode(self, audio: Audio, expect: Expectation | None) -> Transcript:
         hurry = self._should_hurry()
         started = self._clock()
         if hurry:
-            self.hurried += 1
             transcript = self.recognizer.transcribe(audio, expect, hurry=True)  # type: ignore[call-arg]
         else:
             transcript = self.recognizer.transcribe(audio, expect)

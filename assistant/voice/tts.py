@@ -92,8 +92,8 @@ class TtsSettings:
         for name in ("engine", "voice", "espeak_voice", "cantonese_voice", "fallback"):
             if section.get(name) not in (None, ""):
                 values[name] = str(section[name])
-        for name, kind in (("speed", float), ("max_pace", float), ("min_speed", float), ("threads", int), ("concurrency", int),
-                           ("rate", int)):
+        for name, kind in (("speed", float), ("max_pace", float), ("min_speed", float), ("threads", int),
+                           ("concurrency", int), ("rate", int)):
             if section.get(name) not in (None, ""):
                 values[name] = kind(section[name])
         if values.get("engine") in ("espeak", "pyttsx3") and "voice" in values:
